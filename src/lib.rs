@@ -1,1 +1,7 @@
 //! floor33: VideoCrafter text-to-video and image-to-video in candle, served to Discord.
+//!
+//! Flow: Discord adapter → core (jobs, queue, settings, store) → engine actor
+//! (pipelines → models, sampler) → video → core → Discord adapter.
+
+pub mod models;
+pub mod sampler;

@@ -1,0 +1,11 @@
+//! The networks of VideoCrafter, one file per block family; weight paths mirror the original
+//! state-dict keys so that a checkpoint key leads straight to the code that uses it.
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod resblock;
+pub mod text_encoder;
+pub mod transformer;
+pub mod unet;
+pub mod vae;

@@ -1,0 +1,167 @@
+//! SpatialTransformer (per frame, cross-attends to the prompt) and TemporalTransformer (per pixel,
+//! self-attends across frames) from `lvdm/modules/attention.py`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{GroupNorm, Linear, VarBuilder};
+
+use super::attention::{AttentionKind, BasicTransformerBlock};
+
+/// A projection that is a `Linear` when `use_linear` and a kernel-1 Conv1d otherwise
+/// (weights `(out, in, 1)`); both act on the channel (last) dimension here.
+#[derive(Debug, Clone)]
+pub struct ChannelProjection(Linear);
+
+impl ChannelProjection {
+    pub fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, use_linear: bool) -> Result<Self> {
+        if use_linear {
+            return Ok(Self(candle_nn::linear(in_dim, out_dim, vb)?));
+        }
+        let weight = vb.get((out_dim, in_dim, 1), "weight")?.squeeze(2)?;
+        let bias = vb.get(out_dim, "bias")?;
+        Ok(Self(Linear::new(weight, Some(bias))))
+    }
+}
+
+impl Module for ChannelProjection {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.0.forward(x)
+    }
+}
+
+/// Per-frame spatial transformer on `(b*t, c, h, w)`; GroupNorm eps 1e-6, residual to the input.
+#[derive(Debug, Clone)]
+pub struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: ChannelProjection,
+    transformer_blocks: Vec<BasicTransformerBlock>,
+    proj_out: ChannelProjection,
+}
+
+pub struct TransformerSpec {
+    pub heads: usize,
+    pub dim_head: usize,
+    pub depth: usize,
+    pub use_linear: bool,
+}
+
+impl SpatialTransformer {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        spec: &TransformerSpec,
+        context_dim: usize,
+        image_cross_attention: bool,
+    ) -> Result<Self> {
+        let inner = spec.heads * spec.dim_head;
+        let cross_kind = if image_cross_attention {
+            AttentionKind::ImageCrossAttention
+        } else {
+            AttentionKind::Plain
+        };
+        let transformer_blocks = (0..spec.depth)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    inner,
+                    spec.heads,
+                    spec.dim_head,
+                    Some(context_dim),
+                    AttentionKind::Plain,
+                    cross_kind,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            norm: candle_nn::group_norm(32, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: ChannelProjection::new(vb.pp("proj_in"), channels, inner, spec.use_linear)?,
+            transformer_blocks,
+            proj_out: ChannelProjection::new(vb.pp("proj_out"), inner, channels, spec.use_linear)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (bt, c, h, w) = x.dims4()?;
+        // 'b c h w -> b (h w) c'
+        let mut y = self
+            .norm
+            .forward(x)?
+            .reshape((bt, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        y = self.proj_in.forward(&y)?;
+        for block in &self.transformer_blocks {
+            y = block.forward(&y, Some(context))?;
+        }
+        y = self.proj_out.forward(&y)?;
+        let y = y.transpose(1, 2)?.reshape((bt, c, h, w))?;
+        y + x
+    }
+}
+
+/// Temporal transformer on `(b, c, t, h, w)`: sequences of `t` frames per pixel, self-attention
+/// only. GroupNorm eps 1e-6 over the whole 5-D tensor (joint over t, h, w).
+#[derive(Debug, Clone)]
+pub struct TemporalTransformer {
+    norm: GroupNorm,
+    proj_in: ChannelProjection,
+    transformer_blocks: Vec<BasicTransformerBlock>,
+    proj_out: ChannelProjection,
+}
+
+impl TemporalTransformer {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        spec: &TransformerSpec,
+        relative_position: Option<usize>,
+    ) -> Result<Self> {
+        let inner = spec.heads * spec.dim_head;
+        let kind = match relative_position {
+            Some(temporal_length) => AttentionKind::RelativePosition { temporal_length },
+            None => AttentionKind::Plain,
+        };
+        let transformer_blocks = (0..spec.depth)
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    inner,
+                    spec.heads,
+                    spec.dim_head,
+                    None,
+                    kind,
+                    kind,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            norm: candle_nn::group_norm(32, channels, 1e-6, vb.pp("norm"))?,
+            proj_in: ChannelProjection::new(vb.pp("proj_in"), channels, inner, spec.use_linear)?,
+            transformer_blocks,
+            proj_out: ChannelProjection::new(vb.pp("proj_out"), inner, channels, spec.use_linear)?,
+        })
+    }
+
+    /// `x` is `(b*t, c, h, w)` with frames inner; `frames` = t.
+    pub fn forward_frames(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
+        let (bt, c, h, w) = x.dims4()?;
+        let b = bt / frames;
+        // '(b t) c h w -> b c t h w' for the norm, then 'b c t h w -> (b h w) t c'.
+        let x5 = x.reshape((b, frames, c, h, w))?.transpose(1, 2)?;
+        let normed = self.norm.forward(&x5.contiguous()?)?;
+        let mut y = normed
+            .reshape((b, c, frames, h * w))?
+            .permute((0, 3, 2, 1))?
+            .reshape((b * h * w, frames, c))?;
+        y = self.proj_in.forward(&y)?;
+        for block in &self.transformer_blocks {
+            y = block.forward(&y, None)?;
+        }
+        y = self.proj_out.forward(&y)?;
+        // '(b h w) t c -> (b t) c h w'
+        let y = y
+            .reshape((b, h * w, frames, c))?
+            .permute((0, 2, 3, 1))?
+            .reshape((bt, c, h, w))?;
+        y + x
+    }
+}

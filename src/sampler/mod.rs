@@ -1,0 +1,5 @@
+//! Diffusion sampling: the noise schedule, DDIM, and reproducible noise.
+
+pub mod ddim;
+pub mod noise;
+pub mod schedule;

@@ -1,0 +1,4 @@
+//! Shared test helpers (fixtures, fakes). Each test binary uses only part of it.
+#![allow(dead_code)]
+
+pub mod golden;
