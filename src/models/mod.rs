@@ -7,6 +7,7 @@ pub mod embeddings;
 pub mod random_init;
 pub mod resblock;
 pub mod text_encoder;
+pub mod tokenizer;
 pub mod transformer;
 pub mod unet;
 pub mod vae;
