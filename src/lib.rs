@@ -5,4 +5,5 @@
 
 pub mod models;
 pub mod sampler;
+pub mod engine;
 pub mod video;

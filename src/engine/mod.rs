@@ -1,0 +1,13 @@
+//! The inference engine: requests, the pipeline that runs a model, and the actor that owns the
+//! device. The Discord adapter and the CLI both talk to it through [`EngineHandle`].
+
+pub mod actor;
+pub mod device;
+pub mod error;
+pub mod pipeline;
+pub mod request;
+
+pub use actor::{CancelToken, EngineEvent, EngineHandle, JobHandle, JobOptions, Progress};
+pub use error::EngineError;
+pub use pipeline::{Generated, Pipeline};
+pub use request::{GenerationRequest, Limits};

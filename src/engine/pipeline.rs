@@ -1,0 +1,186 @@
+//! Text-to-video pipeline: tokenize → text encoder → DDIM with the UNet → per-frame VAE decode.
+//! Owns one loaded model; the actor owns the pipelines and the device.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::error::EngineError;
+use super::request::{GenerationRequest, Limits};
+use crate::models::config::ModelConfig;
+use crate::models::random_init::RandomWeights;
+use crate::models::text_encoder::TextEncoder;
+use crate::models::tokenizer::ClipTokenizer;
+use crate::models::unet::UNetModel;
+use crate::models::vae::AutoencoderKL;
+use crate::sampler::ddim::{self, Conditioning, Flow};
+use crate::sampler::noise::{NoiseSource, SeededNoise};
+use crate::sampler::schedule::{DdimSchedule, NoiseSchedule};
+use crate::video::{frames_from_tensor, VideoFrames};
+
+/// Progress after one denoising step.
+pub struct StepProgress<'a> {
+    /// 1-based.
+    pub step: usize,
+    pub total: usize,
+    pub elapsed: Duration,
+    /// Estimated time left, from the mean step time so far (decode excluded).
+    pub remaining: Duration,
+    /// f32 `(1, 4, t, h, w)` prediction of the clean latents at this step.
+    pub pred_x0: &'a Tensor,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub video: VideoFrames,
+    /// Steps actually run (DDIM's uniform schedule can run more than asked, see the sampler).
+    pub steps_run: usize,
+    /// The prompt was longer than 77 tokens and was cut as the original does.
+    pub prompt_truncated: bool,
+    pub elapsed: Duration,
+}
+
+pub struct Pipeline {
+    config: ModelConfig,
+    tokenizer: ClipTokenizer,
+    text_encoder: TextEncoder,
+    unet: UNetModel,
+    vae: AutoencoderKL,
+    schedule: NoiseSchedule,
+    device: Device,
+    dtype: DType,
+}
+
+impl Pipeline {
+    /// Builds from a root VarBuilder whose paths are the original checkpoint keys.
+    pub fn from_var_builder(
+        config: ModelConfig,
+        vb: VarBuilder,
+        schedule: NoiseSchedule,
+    ) -> Result<Self, EngineError> {
+        let bad = |e: candle_core::Error| EngineError::BadWeights(e.to_string());
+        let text_encoder =
+            TextEncoder::new(vb.pp("cond_stage_model.model"), &config.text).map_err(bad)?;
+        let unet = UNetModel::new(vb.pp("model.diffusion_model"), &config.unet).map_err(bad)?;
+        let vae = AutoencoderKL::new(vb.pp("first_stage_model"), &config.vae).map_err(bad)?;
+        let tokenizer =
+            ClipTokenizer::new().map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
+        Ok(Self {
+            config,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            schedule,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    /// A model of `config`'s shapes with deterministic random weights: the `tiny` smoke model,
+    /// or full-size shapes for benchmarks.
+    pub fn random(config: ModelConfig, device: &Device, dtype: DType) -> Result<Self, EngineError> {
+        let schedule = NoiseSchedule::from_config(&config.diffusion);
+        let vb = RandomWeights::var_builder(0x0f1_0033, dtype, device);
+        Self::from_var_builder(config, vb, schedule)
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn unet(&self) -> &UNetModel {
+        &self.unet
+    }
+
+    /// Text contexts `(n, 77, C)` in the model dtype; also whether any prompt was truncated.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<(Tensor, bool), EngineError> {
+        let tokens: Vec<_> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
+        let truncated = tokens.iter().any(|t| t.truncated());
+        let rows: Vec<Vec<u32>> = tokens.into_iter().map(|t| t.ids).collect();
+        let context = self.text_encoder.encode_ids(&rows, &self.device)?;
+        Ok((context, truncated))
+    }
+
+    /// Runs one request. `on_step` sees every step and may stop the run (then `Cancelled`).
+    pub fn generate(
+        &self,
+        req: &GenerationRequest,
+        limits: &Limits,
+        on_step: &mut dyn FnMut(StepProgress) -> Flow,
+    ) -> Result<Generated, EngineError> {
+        limits
+            .check(req, &self.config)
+            .map_err(EngineError::BadRequest)?;
+        let started = Instant::now();
+        let negative = req.negative.as_deref().unwrap_or("");
+        let (contexts, truncated) = self.encode_prompts(&[&req.prompt, negative])?;
+        let context = contexts.narrow(0, 0, 1)?;
+        let uncond = contexts.narrow(0, 1, 1)?;
+
+        let factor = self.config.vae.downsample_factor();
+        let shape = (
+            1,
+            self.config.unet.in_channels,
+            req.frames,
+            req.height / factor,
+            req.width / factor,
+        );
+        let mut noise = SeededNoise::new(req.seed);
+        let x_t = noise.next(&shape.into(), &self.device)?;
+        let ddim = DdimSchedule::new(&self.schedule, req.steps, req.eta);
+        let cond = Conditioning {
+            context: &context,
+            uncond_context: Some(&uncond),
+            guidance_scale: req.cfg,
+            fps: req.fps as f64,
+        };
+        let loop_started = Instant::now();
+        let latents = ddim::sample(&self.unet, &ddim, x_t, &cond, &mut noise, &mut |report| {
+            let step = report.index + 1;
+            let elapsed = loop_started.elapsed();
+            let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
+            on_step(StepProgress {
+                step,
+                total: report.total,
+                elapsed: started.elapsed(),
+                remaining,
+                pred_x0: report.pred_x0,
+            })
+        })?
+        .ok_or(EngineError::Cancelled)?;
+        let video = self.decode(&latents)?;
+        Ok(Generated {
+            video: frames_from_tensor(&video.get(0)?, self.config.defaults.save_fps)
+                .map_err(|e| EngineError::Internal(e.to_string()))?,
+            steps_run: ddim.steps.len(),
+            prompt_truncated: truncated,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// f32 latents `(b, 4, t, h, w)` to a `(b, 3, t, H, W)` video in [-1, 1]-ish (f32).
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
+        let video = self.vae.decode_video(&latents.to_dtype(self.dtype)?)?;
+        Ok(video.to_dtype(DType::F32)?)
+    }
+
+    /// Decodes the middle frame of a latent prediction: a faithful, cheap progress preview.
+    pub fn preview_frame(&self, pred_x0: &Tensor) -> Result<image::RgbImage, EngineError> {
+        let middle = pred_x0.dim(2)? / 2;
+        let latent = pred_x0.narrow(2, middle, 1)?;
+        let frame = self.decode(&latent)?.get(0)?;
+        let frames = frames_from_tensor(&frame, 1).map_err(|e| EngineError::Internal(e.to_string()))?;
+        frames
+            .frames
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::Internal("empty preview".into()))
+    }
+}
