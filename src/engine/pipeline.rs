@@ -60,11 +60,8 @@ impl Pipeline {
         vb: VarBuilder,
         schedule: NoiseSchedule,
     ) -> Result<Self, EngineError> {
-        let bad = |e: candle_core::Error| EngineError::BadWeights(e.to_string());
-        let text_encoder =
-            TextEncoder::new(vb.pp("cond_stage_model.model"), &config.text).map_err(bad)?;
-        let unet = UNetModel::new(vb.pp("model.diffusion_model"), &config.unet).map_err(bad)?;
-        let vae = AutoencoderKL::new(vb.pp("first_stage_model"), &config.vae).map_err(bad)?;
+        let (text_encoder, unet, vae) = Self::build_networks(&config, vb.clone())
+            .map_err(|e| EngineError::BadWeights(e.to_string()))?;
         let tokenizer =
             ClipTokenizer::new().map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
         Ok(Self {
@@ -77,6 +74,18 @@ impl Pipeline {
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
+    }
+
+    /// The networks, each under its original key prefix.
+    pub fn build_networks(
+        config: &ModelConfig,
+        vb: VarBuilder,
+    ) -> candle_core::Result<(TextEncoder, UNetModel, AutoencoderKL)> {
+        Ok((
+            TextEncoder::new(vb.pp("cond_stage_model.model"), &config.text)?,
+            UNetModel::new(vb.pp("model.diffusion_model"), &config.unet)?,
+            AutoencoderKL::new(vb.pp("first_stage_model"), &config.vae)?,
+        ))
     }
 
     /// A model of `config`'s shapes with deterministic random weights: the `tiny` smoke model,

@@ -1,0 +1,46 @@
+//! Command-line interface: one file per subcommand.
+
+mod bench;
+mod generate;
+mod weights;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use generate::GenerateArgs;
+
+#[derive(Debug, Parser)]
+#[command(name = "floor33", version, about = "VideoCrafter text-to-video in Rust, for Discord")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate one video and write it as MP4.
+    Generate(GenerateArgs),
+    /// Download, convert or check model weights.
+    #[command(subcommand)]
+    Weights(weights::WeightsCommand),
+    /// Time one UNet forward and one full generation (random weights, any size).
+    Bench(bench::BenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Weights(cmd) => weights::run(cmd),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
