@@ -1,1 +1,3 @@
 //! floor33: VideoCrafter text-to-video and image-to-video in candle, served to Discord.
+
+pub mod weights;
