@@ -5,6 +5,7 @@
 //! [`record_requests`] + [`check`] verify, before any data is read, that a checkpoint has exactly
 //! the tensors a model asks for.
 
+mod convert;
 mod download;
 mod error;
 mod keys;
@@ -12,6 +13,7 @@ mod manifest;
 mod pth;
 mod source;
 
+pub use convert::convert_to_safetensors;
 pub use download::{
     cached, checkpoint_for, download, download_from, download_hint, download_variant, variant_names,
 };
