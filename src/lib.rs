@@ -3,7 +3,9 @@
 //! Flow: Discord adapter → core (jobs, queue, settings, store) → engine actor
 //! (pipelines → models, sampler) → video → core → Discord adapter.
 
+pub mod cli;
+pub mod engine;
 pub mod models;
 pub mod sampler;
-pub mod engine;
 pub mod video;
+pub mod weights;

@@ -1,0 +1,167 @@
+//! Fetching the original checkpoints from the Hugging Face Hub (hf-hub's tokio API).
+//!
+//! Resume: hf-hub 0.4 downloads into `<blob>.sync.part` in 10 MB ranged chunks and records how far
+//! it got; an interrupted download started again with the same cache directory continues from
+//! the last complete chunk. Files already in the cache are returned without any network access.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::tokio::{ApiBuilder, ApiError, Progress};
+use hf_hub::{Cache, Repo};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::error::WeightsError;
+
+/// Variant name -> (Hub repository, file). The one place that knows where checkpoints live.
+const CHECKPOINTS: &[(&str, &str, &str)] = &[
+    ("t2v-1024", "VideoCrafter/Text2Video-1024", "model.ckpt"),
+    ("t2v-512", "VideoCrafter/Text2Video-512", "model.ckpt"),
+    ("vc2", "VideoCrafter/VideoCrafter2", "model.ckpt"),
+    ("i2v", "VideoCrafter/Image2Video-512", "model.ckpt"),
+];
+
+const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// `(repo, file)` of a variant's checkpoint, e.g. `"vc2"` -> `("VideoCrafter/VideoCrafter2", "model.ckpt")`.
+pub fn checkpoint_for(variant: &str) -> Option<(&'static str, &'static str)> {
+    CHECKPOINTS
+        .iter()
+        .find(|(name, _, _)| *name == variant)
+        .map(|(_, repo, file)| (*repo, *file))
+}
+
+/// The known variant names, in table order.
+pub fn variant_names() -> Vec<&'static str> {
+    CHECKPOINTS.iter().map(|(name, _, _)| *name).collect()
+}
+
+/// The sentence shown when a checkpoint file is missing.
+pub fn download_hint() -> String {
+    format!(
+        "download it with `floor33 weights download <variant>` (variants: {}) and pass the printed path",
+        variant_names().join(", ")
+    )
+}
+
+/// The cached path of `repo`/`file` if a previous download completed; never touches the network.
+/// `cache_dir` defaults to `$HF_HOME/hub` or `~/.cache/huggingface/hub`.
+pub fn cached(repo: &str, file: &str, cache_dir: Option<&Path>) -> Option<PathBuf> {
+    cache(cache_dir)
+        .repo(Repo::model(repo.to_string()))
+        .get(file)
+}
+
+/// Downloads `file` from the model repository `repo` (or returns the cached copy), showing a
+/// progress bar. The endpoint is `$HF_ENDPOINT` or huggingface.co; the token is `$HF_TOKEN` if set
+/// (else hf-hub's stored token). The token is never printed.
+pub async fn download(
+    repo: &str,
+    file: &str,
+    cache_dir: Option<&Path>,
+) -> Result<PathBuf, WeightsError> {
+    let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+    download_from(&endpoint, repo, file, cache_dir, true).await
+}
+
+/// [`download`] for a variant name from [`checkpoint_for`].
+pub async fn download_variant(
+    variant: &str,
+    cache_dir: Option<&Path>,
+) -> Result<PathBuf, WeightsError> {
+    let (repo, file) = checkpoint_for(variant).ok_or_else(|| WeightsError::UnknownVariant {
+        name: variant.to_string(),
+        known: variant_names().join(", "),
+    })?;
+    download(repo, file, cache_dir).await
+}
+
+/// [`download`] with an explicit endpoint and optional progress bar (tests, mirrors).
+pub async fn download_from(
+    endpoint: &str,
+    repo: &str,
+    file: &str,
+    cache_dir: Option<&Path>,
+    show_progress: bool,
+) -> Result<PathBuf, WeightsError> {
+    if let Some(path) = cached(repo, file, cache_dir) {
+        return Ok(path);
+    }
+    let fail = |detail: String| WeightsError::Download {
+        repo: repo.to_string(),
+        file: file.to_string(),
+        detail,
+    };
+    let mut builder = ApiBuilder::from_cache(cache(cache_dir))
+        .with_endpoint(endpoint.trim_end_matches('/').to_string())
+        .with_progress(false);
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder.build().map_err(|e| fail(explain(&e, endpoint)))?;
+    let bar = if show_progress {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    tracing::info!(repo, file, endpoint, "downloading checkpoint");
+    api.model(repo.to_string())
+        .download_with_progress(file, Bar(bar))
+        .await
+        .map_err(|e| fail(explain(&e, endpoint)))
+}
+
+fn cache(cache_dir: Option<&Path>) -> Cache {
+    match cache_dir {
+        Some(dir) => Cache::new(dir.to_path_buf()),
+        None => Cache::from_env(),
+    }
+}
+
+/// Turns hf-hub errors into a sentence that says what to do.
+fn explain(e: &ApiError, endpoint: &str) -> String {
+    match e {
+        ApiError::RequestError(re) if re.is_connect() || re.is_timeout() => format!(
+            "cannot reach {endpoint} (offline or blocked?); run again when online, an interrupted \
+             download resumes: {re}"
+        ),
+        ApiError::RequestError(re) => match re.status().map(|s| s.as_u16()) {
+            Some(401) | Some(403) => format!(
+                "access denied ({re}); accept the model's terms on the Hub and set HF_TOKEN"
+            ),
+            Some(404) => format!("not found on the Hub ({re})"),
+            _ => format!("request failed: {re}"),
+        },
+        ApiError::LockAcquisition(path) => format!(
+            "another download of this file is running (lock {})",
+            path.display()
+        ),
+        ApiError::IoError(io) => format!("disk error: {io}"),
+        other => other.to_string(),
+    }
+}
+
+/// hf-hub progress callbacks driving an indicatif bar (clones share the bar).
+#[derive(Clone)]
+struct Bar(ProgressBar);
+
+impl Progress for Bar {
+    async fn init(&mut self, size: usize, filename: &str) {
+        self.0.set_length(size as u64);
+        self.0.set_message(filename.to_string());
+    }
+
+    async fn update(&mut self, size: usize) {
+        self.0.inc(size as u64);
+    }
+
+    async fn finish(&mut self) {
+        self.0.finish();
+    }
+}
