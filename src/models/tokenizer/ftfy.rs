@@ -4,9 +4,10 @@
 //! Implemented, in ftfy's order and repeated per line until nothing changes:
 //! - HTML entity decoding (`&amp;`, `&#39;`, all-caps `&EACUTE;`), skipped from the first
 //!   line containing `<` onwards, as ftfy does;
-//! - mojibake repair for UTF-8 read as Latin-1 / Windows-1252, with ftfy's badness
-//!   heuristic, lost-NBSP restoration, lossy-sequence replacement, CESU-8, embedded
-//!   mojibake runs, and C1-control repair (see [`super::mojibake`]);
+//! - mojibake repair for UTF-8 read through ftfy's ten single-byte code pages (Latin-1,
+//!   Windows-1252/1251/1250/1253/1254/1257, ISO-8859-2, MacRoman, CP437), gated by ftfy's
+//!   badness heuristic, with lost-NBSP restoration, lossy-sequence replacement, CESU-8,
+//!   embedded mojibake runs and C1-control repair (see [`super::mojibake`]);
 //! - Latin ligatures (`ﬁ` -> `fi`, Dutch/Serbo-Croatian digraphs);
 //! - character width (full-width ASCII, half-width katakana, ideographic space);
 //! - curly quotes to straight quotes;
@@ -14,9 +15,7 @@
 //! - ANSI terminal escapes and control / bidi-format / BOM / interlinear characters removed;
 //! - NFC normalisation.
 //!
-//! Not implemented: mojibake through Windows-1250/1251/1253/1254/1257, ISO-8859-2,
-//! MacRoman or CP437 (those lines are left as they are); `fix_surrogates` (a Rust `&str`
-//! cannot hold lone surrogates). Unicode tables are the Rust crates' (newer than the
+//! Not implemented: `fix_surrogates` (a Rust `&str` cannot hold lone surrogates). Unicode tables are the Rust crates' (newer than the
 //! Python 3.11 used to make the goldens), which only matters for recently added characters.
 
 use std::sync::OnceLock;

@@ -9,6 +9,7 @@ const MAX_NAME_CHARS: usize = 32;
 
 /// `html.unescape`: numeric references (with CPython's replacement rules), named references
 /// with or without `;`, and the longest-legacy-prefix rule (`&notit;` -> `¬it;`).
+/// (A decimal reference of more than 4300 digits makes CPython raise; here it is U+FFFD.)
 pub(super) fn unescape(s: &str) -> String {
     if !s.contains('&') {
         return s.to_string();

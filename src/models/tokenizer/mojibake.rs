@@ -1,20 +1,19 @@
-//! Mojibake detection and repair: the `fix_encoding` part of ftfy 6.3.1, restricted to text
-//! that was UTF-8 decoded as Latin-1 or Windows-1252 (by far the common case, e.g.
-//! `Ã©` -> `é`, `â€™` -> `’`).
+//! Mojibake detection and repair: the `fix_encoding` part of ftfy 6.3.1 (text that was
+//! UTF-8 but got decoded with a single-byte code page, e.g. `Ã©` -> `é`, `â€™` -> `’`).
 //!
 //! The decision to touch a line at all follows ftfy's "badness" heuristic: a set of
 //! character classes (accented letters, currency, punctuation that only appear together
 //! in mojibake, ...) and the juxtapositions of them that are flagged. The classes below are
 //! the ones ftfy uses, re-expressed as code-point ranges, so the same lines are repaired.
-//!
-//! Not implemented: re-encoding through Windows-1250/1251/1253/1254/1257, ISO-8859-2,
-//! MacRoman and CP437 (ftfy tries those after Latin-1/Windows-1252); such lines are left
-//! alone by this step.
+//! Re-encoding tries ftfy's code pages in ftfy's order (see [`super::codepages`]).
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
+
+use super::codepages::{CodePage, CODE_PAGES};
 
 // Character classes of ftfy's badness heuristic, as regex class bodies.
 const C1: &str = r"\x{80}-\x{9f}";
@@ -126,18 +125,28 @@ fn sloppy_1252_decode(b: u8) -> char {
     }
 }
 
-/// Inverse of [`sloppy_1252_decode`]; `None` if the text could not come from that code page.
-fn sloppy_1252_encode(c: char) -> Option<u8> {
-    match c as u32 {
-        0x1a => None,
-        0..=0x7f | 0xa0..=0xff => Some(c as u8),
-        0xfffd => Some(0x1a),
-        _ => (0x80..=0x9fu8).find(|&b| sloppy_1252_decode(b) == c),
-    }
-}
-
-fn latin1_encode(c: char) -> Option<u8> {
-    u8::try_from(c as u32).ok()
+/// Character -> byte maps of [`CODE_PAGES`], built once.
+fn encoders() -> &'static [HashMap<char, u8>] {
+    static MAPS: OnceLock<Vec<HashMap<char, u8>>> = OnceLock::new();
+    MAPS.get_or_init(|| {
+        CODE_PAGES
+            .iter()
+            .map(|&(_, sloppy, high): &CodePage| {
+                let mut map: HashMap<char, u8> = (0u8..0x80)
+                    .filter(|&b| b != 0x1a)
+                    .map(|b| (b as char, b))
+                    .collect();
+                // Sloppy pages read 0x1A as U+FFFD; the others keep it as a control.
+                map.insert(if sloppy { '\u{fffd}' } else { '\u{1a}' }, 0x1a);
+                for (i, &cp) in high.iter().enumerate() {
+                    if let Some(c) = char::from_u32(cp as u32) {
+                        map.insert(c, 0x80 + i as u8);
+                    }
+                }
+                map
+            })
+            .collect()
+    })
 }
 
 /// One repair step; returns the input unchanged when nothing applies.
@@ -145,23 +154,22 @@ fn fix_encoding_step(text: &str) -> String {
     if text.is_empty() || text.is_ascii() || !is_bad(text) {
         return text.to_string();
     }
-    type Encoder = fn(char) -> Option<u8>;
-    let encoders: [(&str, Encoder); 2] = [
-        ("latin-1", latin1_encode),
-        ("sloppy-windows-1252", sloppy_1252_encode),
-    ];
     let mut latin1_possible = false;
-    for (name, encode) in encoders {
-        let Some(mut bytes) = text.chars().map(encode).collect::<Option<Vec<u8>>>() else {
+    for (&(name, sloppy, _), map) in CODE_PAGES.iter().zip(encoders()) {
+        let Some(mut bytes) = text
+            .chars()
+            .map(|c| map.get(&c).copied())
+            .collect::<Option<Vec<u8>>>()
+        else {
             continue;
         };
         if name == "latin-1" {
             latin1_possible = true;
         }
-        if altered_utf8_re().is_match(&bytes) {
+        if name != "macroman" && altered_utf8_re().is_match(&bytes) {
             bytes = restore_byte_a0(&bytes);
         }
-        if name.starts_with("sloppy") {
+        if sloppy {
             bytes = lossy_utf8_re()
                 .replace_all(&bytes, "\u{fffd}".as_bytes())
                 .into_owned();
@@ -425,6 +433,8 @@ mod tests {
         assert_eq!(fix_encoding("cafÃ©"), "café");
         assert_eq!(fix_encoding("café, naïve"), "café, naïve");
         assert_eq!(fix_encoding("東京 Ã©tÃ©"), "東京 été");
+        // Windows-1257 reading of UTF-8 'Ї' (D0 87).
+        assert_eq!(fix_encoding("Š‡🐶"), "Ї🐶");
     }
 
     #[test]
