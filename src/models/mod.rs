@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod config;
 pub mod embeddings;
+pub mod image_preprocess;
 pub mod random_init;
 pub mod resblock;
 pub mod text_encoder;
