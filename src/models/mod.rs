@@ -4,7 +4,10 @@
 pub mod attention;
 pub mod config;
 pub mod embeddings;
+pub mod image_encoder;
+pub mod image_preprocess;
 pub mod random_init;
+pub mod resampler;
 pub mod resblock;
 pub mod text_encoder;
 pub mod tokenizer;
