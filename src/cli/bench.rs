@@ -62,7 +62,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // One UNet call as guided sampling makes it: batch 2 (cond + uncond).
     let factor = config.vae.downsample_factor();
     let shape = (2, 4, d.frames, d.height / factor, d.width / factor);
-    let x = SeededNoise::new(1).next(&shape.into(), &device)?.to_dtype(dtype)?;
+    let x = SeededNoise::new(1)
+        .next(&shape.into(), &device)?
+        .to_dtype(dtype)?;
     let (context, _) = pipeline.encode_prompts(&["a benchmark", ""])?;
     let unet_call = |x: &Tensor| -> Result<()> {
         let eps = pipeline
@@ -115,7 +117,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn report_memory(device: &Device) {
     if let Some(kib) = peak_rss_kib() {
-        println!("peak host memory (VmHWM): {:.2} GiB", kib as f64 / 1048576.0);
+        println!(
+            "peak host memory (VmHWM): {:.2} GiB",
+            kib as f64 / 1048576.0
+        );
     }
     if !device.is_cpu() {
         println!("GPU memory: see nvidia-smi (candle does not expose the allocator's peak)");

@@ -7,10 +7,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::device::{select_device, select_dtype};
+use crate::engine::loader;
 use crate::engine::{EngineHandle, GenerationRequest, JobOptions, Limits};
 use crate::models::config::Variant;
 use crate::video::{encode_mp4, EncodeOptions};
-use crate::engine::loader;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -81,7 +81,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         .check(&request, &variant.config())
         .map_err(anyhow::Error::msg)?;
     if variant == Variant::Tiny {
-        eprintln!("note: `tiny` is a random-weight smoke model: it tests the pipeline, it draws noise");
+        eprintln!(
+            "note: `tiny` is a random-weight smoke model: it tests the pipeline, it draws noise"
+        );
     }
     eprintln!("seed {seed}");
 
@@ -104,7 +106,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:40} step {pos}/{len} {elapsed_precise} (ETA {msg})")
             .expect("static template"),
     );
-    let job = engine.submit(request.clone(), JobOptions { preview_every: None });
+    let job = engine.submit(
+        request.clone(),
+        JobOptions {
+            preview_every: None,
+        },
+    );
     let generated = job.wait_blocking(|p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.step as u64);
@@ -112,7 +119,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     })?;
     bar.finish();
     if generated.prompt_truncated {
-        eprintln!("note: the prompt is longer than 77 tokens and was cut, as the original model does");
+        eprintln!(
+            "note: the prompt is longer than 77 tokens and was cut, as the original model does"
+        );
     }
     let mut video = generated.video;
     if let Some(fps) = args.save_fps {

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 pub use generate::GenerateArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "floor33", version, about = "VideoCrafter text-to-video in Rust, for Discord")]
+#[command(
+    name = "floor33",
+    version,
+    about = "VideoCrafter text-to-video in Rust, for Discord"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

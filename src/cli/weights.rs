@@ -54,7 +54,9 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             let ckpt = runtime.block_on(weights::download_variant(&variant, None))?;
             println!("{}", ckpt.display());
             if !no_convert {
-                let dst = locate::weights_dir().join(&variant).join("model.safetensors");
+                let dst = locate::weights_dir()
+                    .join(&variant)
+                    .join("model.safetensors");
                 convert(&ckpt, &dst, f16)?;
                 println!("{}", dst.display());
             }
@@ -77,7 +79,9 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             };
             let source = WeightSource::open(&paths)?;
             let tensors = check_source(&variant.config(), &source)?;
-            println!("{variant}: all {tensors} tensors the model uses are present with the right shapes");
+            println!(
+                "{variant}: all {tensors} tensors the model uses are present with the right shapes"
+            );
             Ok(())
         }
     }
@@ -89,7 +93,8 @@ fn convert(src: &std::path::Path, dst: &std::path::Path, f16: bool) -> Result<()
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("converting {bar:40} {bytes}/{total_bytes}").expect("template"),
+        ProgressStyle::with_template("converting {bar:40} {bytes}/{total_bytes}")
+            .expect("template"),
     );
     weights::convert_to_safetensors(
         src,

@@ -80,7 +80,10 @@ pub struct JobHandle {
 
 impl JobHandle {
     /// Blocks until the job finishes, passing every progress event to `on_progress`.
-    pub fn wait_blocking(mut self, mut on_progress: impl FnMut(&Progress)) -> Result<Generated, EngineError> {
+    pub fn wait_blocking(
+        mut self,
+        mut on_progress: impl FnMut(&Progress),
+    ) -> Result<Generated, EngineError> {
         while let Some(event) = self.events.blocking_recv() {
             match event {
                 EngineEvent::Started => {}
@@ -153,7 +156,9 @@ impl EngineHandle {
             cancel: cancel.clone(),
         };
         if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            let _ = job.events.send(EngineEvent::Finished(Err(EngineError::Stopped)));
+            let _ = job
+                .events
+                .send(EngineEvent::Finished(Err(EngineError::Stopped)));
         }
         JobHandle {
             events: events_rx,
@@ -174,19 +179,23 @@ fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
 fn run(pipelines: HashMap<Variant, Pipeline>, jobs: mpsc::Receiver<Job>, limits: Limits) {
     while let Ok(job) = jobs.recv() {
         if job.cancel.is_cancelled() {
-            let _ = job.events.send(EngineEvent::Finished(Err(EngineError::Cancelled)));
+            let _ = job
+                .events
+                .send(EngineEvent::Finished(Err(EngineError::Cancelled)));
             continue;
         }
         let _ = job.events.send(EngineEvent::Started);
         let result = match pipelines.get(&job.request.variant) {
             None => Err(EngineError::ModelNotLoaded(job.request.variant.to_string())),
-            Some(pipeline) => std::panic::catch_unwind(AssertUnwindSafe(|| {
-                run_job(pipeline, &job, &limits)
-            }))
-            .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&p)))),
+            Some(pipeline) => {
+                std::panic::catch_unwind(AssertUnwindSafe(|| run_job(pipeline, &job, &limits)))
+                    .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&p))))
+            }
         };
         match &result {
-            Ok(g) => tracing::info!(variant = %job.request.variant, seconds = g.elapsed.as_secs_f64(), "job finished"),
+            Ok(g) => {
+                tracing::info!(variant = %job.request.variant, seconds = g.elapsed.as_secs_f64(), "job finished")
+            }
             Err(EngineError::Cancelled) => tracing::info!("job cancelled"),
             Err(e) => tracing::warn!(error = %e, "job failed"),
         }

@@ -26,7 +26,9 @@ pub fn select_dtype(spec: &str, device: &Device) -> Result<DType> {
         "auto" => DType::F16,
         "f32" => DType::F32,
         "f16" => DType::F16,
-        "bf16" if device.is_cpu() => bail!("bf16 is not supported on the CPU (candle has no bf16 CPU matmul for conv); use f32"),
+        "bf16" if device.is_cpu() => bail!(
+            "bf16 is not supported on the CPU (candle has no bf16 CPU matmul for conv); use f32"
+        ),
         "bf16" => DType::BF16,
         other => bail!("unknown dtype `{other}` (use auto, f32, f16 or bf16)"),
     })

@@ -30,7 +30,8 @@ pub fn load_pipeline(
         ));
     }
     let paths = if paths.is_empty() {
-        vec![weights::locate::find(variant.name()).map_err(|e| EngineError::BadWeights(e.to_string()))?]
+        vec![weights::locate::find(variant.name())
+            .map_err(|e| EngineError::BadWeights(e.to_string()))?]
     } else {
         paths.to_vec()
     };
@@ -56,14 +57,21 @@ pub fn load_from_source(
 pub fn check_source(config: &ModelConfig, source: &WeightSource) -> Result<usize, EngineError> {
     let requested = weights::record_requests(DType::F32, |vb| Pipeline::build_networks(config, vb))
         .map_err(|e| EngineError::Internal(format!("listing model keys: {e}")))?;
-    weights::check(&requested, &source.manifest(), &weights::not_a_module_weight)
-        .map_err(|e| EngineError::BadWeights(e.to_string()))?;
+    weights::check(
+        &requested,
+        &source.manifest(),
+        &weights::not_a_module_weight,
+    )
+    .map_err(|e| EngineError::BadWeights(e.to_string()))?;
     Ok(requested.len())
 }
 
 /// The checkpoint's own `alphas_cumprod`/`scale_arr` when present (the i2v checkpoint stores
 /// them in f16, and the original samples with those values), else the config's.
-fn schedule_from(source: &WeightSource, config: &ModelConfig) -> Result<NoiseSchedule, EngineError> {
+fn schedule_from(
+    source: &WeightSource,
+    config: &ModelConfig,
+) -> Result<NoiseSchedule, EngineError> {
     let read = |name: &str| -> Result<Option<Vec<f32>>, EngineError> {
         if source.dtype(name).is_none() {
             return Ok(None);

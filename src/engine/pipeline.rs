@@ -185,7 +185,8 @@ impl Pipeline {
         let middle = pred_x0.dim(2)? / 2;
         let latent = pred_x0.narrow(2, middle, 1)?;
         let frame = self.decode(&latent)?.get(0)?;
-        let frames = frames_from_tensor(&frame, 1).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let frames =
+            frames_from_tensor(&frame, 1).map_err(|e| EngineError::Internal(e.to_string()))?;
         frames
             .frames
             .into_iter()

@@ -74,7 +74,10 @@ impl Limits {
             return Err("the prompt is empty".into());
         }
         if req.prompt.chars().count() > self.max_prompt_chars {
-            return Err(format!("the prompt is longer than {} characters", self.max_prompt_chars));
+            return Err(format!(
+                "the prompt is longer than {} characters",
+                self.max_prompt_chars
+            ));
         }
         if req.steps == 0 || req.steps > self.max_steps {
             return Err(format!("steps must be between 1 and {}", self.max_steps));
@@ -100,7 +103,10 @@ impl Limits {
         let multiple = model.size_multiple();
         for (name, value) in [("height", req.height), ("width", req.width)] {
             if value == 0 || value > self.max_side {
-                return Err(format!("{name} must be between {multiple} and {}", self.max_side));
+                return Err(format!(
+                    "{name} must be between {multiple} and {}",
+                    self.max_side
+                ));
             }
             if value % multiple != 0 {
                 return Err(format!(
@@ -120,20 +126,46 @@ mod tests {
     #[test]
     fn defaults_pass_and_absurd_values_are_refused() {
         let limits = Limits::default();
-        for variant in [Variant::T2v1024, Variant::T2v512, Variant::Vc2, Variant::Tiny] {
+        for variant in [
+            Variant::T2v1024,
+            Variant::T2v512,
+            Variant::Vc2,
+            Variant::Tiny,
+        ] {
             let req = GenerationRequest::with_defaults(variant, "a cat", 1);
             assert_eq!(limits.check(&req, &variant.config()), Ok(()), "{variant}");
         }
         let cfg = Variant::Vc2.config();
         let base = GenerationRequest::with_defaults(Variant::Vc2, "a cat", 1);
         let bad = [
-            GenerationRequest { width: 500, ..base.clone() },
-            GenerationRequest { height: 4096, ..base.clone() },
-            GenerationRequest { steps: 0, ..base.clone() },
-            GenerationRequest { cfg: f64::NAN, ..base.clone() },
-            GenerationRequest { eta: 1.5, ..base.clone() },
-            GenerationRequest { frames: 1000, ..base.clone() },
-            GenerationRequest { prompt: "   ".into(), ..base.clone() },
+            GenerationRequest {
+                width: 500,
+                ..base.clone()
+            },
+            GenerationRequest {
+                height: 4096,
+                ..base.clone()
+            },
+            GenerationRequest {
+                steps: 0,
+                ..base.clone()
+            },
+            GenerationRequest {
+                cfg: f64::NAN,
+                ..base.clone()
+            },
+            GenerationRequest {
+                eta: 1.5,
+                ..base.clone()
+            },
+            GenerationRequest {
+                frames: 1000,
+                ..base.clone()
+            },
+            GenerationRequest {
+                prompt: "   ".into(),
+                ..base.clone()
+            },
         ];
         for req in bad {
             assert!(limits.check(&req, &cfg).is_err(), "{req:?}");

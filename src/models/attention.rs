@@ -48,7 +48,11 @@ pub fn attention_blocked(
     let mut rows = Vec::with_capacity(batch.div_ceil(batch_step));
     for b0 in (0..batch).step_by(batch_step) {
         let bn = batch_step.min(batch - b0);
-        let (qb, ktb, vb) = (q.narrow(0, b0, bn)?, kt.narrow(0, b0, bn)?, v.narrow(0, b0, bn)?);
+        let (qb, ktb, vb) = (
+            q.narrow(0, b0, bn)?,
+            kt.narrow(0, b0, bn)?,
+            v.narrow(0, b0, bn)?,
+        );
         if query_step == n_q {
             rows.push(attention_block(&qb, &ktb, &vb, scale)?);
             continue;
@@ -346,7 +350,11 @@ mod tests {
 
     #[test]
     fn blocked_attention_equals_one_block() {
-        let (q, k, v) = (random((6, 50, 8), 1), random((6, 37, 8), 2), random((6, 37, 8), 3));
+        let (q, k, v) = (
+            random((6, 50, 8), 1),
+            random((6, 37, 8), 2),
+            random((6, 37, 8), 3),
+        );
         let whole = attention_blocked(&q, &k, &v, 0.35, usize::MAX).unwrap();
         // Batch blocks only; batch and query blocks; a budget below one row.
         for budget in [2 * 50 * 37, 50 * 37 - 1, 100, 1] {
