@@ -80,7 +80,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     limits
         .check(&request, &variant.config())
         .map_err(anyhow::Error::msg)?;
-    if variant == Variant::Tiny {
+    if variant.is_random_smoke_model() {
         eprintln!(
             "note: `tiny` is a random-weight smoke model: it tests the pipeline, it draws noise"
         );

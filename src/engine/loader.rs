@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 
 use super::error::EngineError;
-use super::pipeline::Pipeline;
+use super::pipeline::{Networks, Pipeline};
 use crate::models::config::{ModelConfig, Variant};
 use crate::sampler::schedule::NoiseSchedule;
 use crate::weights::{self, WeightSource};
@@ -21,13 +21,8 @@ pub fn load_pipeline(
     dtype: DType,
 ) -> Result<Pipeline, EngineError> {
     let config = variant.config();
-    if variant == Variant::Tiny {
+    if variant.is_random_smoke_model() {
         return Pipeline::random(config, device, dtype);
-    }
-    if variant.is_image_to_video() {
-        return Err(EngineError::BadRequest(
-            "image-to-video is not available yet in this build".into(),
-        ));
     }
     let paths = if paths.is_empty() {
         vec![weights::locate::find(variant.name())
@@ -55,7 +50,7 @@ pub fn load_from_source(
 /// Compares the keys and shapes `config`'s model requests with the source's, reading no tensor
 /// data. Returns the number of tensors the model uses.
 pub fn check_source(config: &ModelConfig, source: &WeightSource) -> Result<usize, EngineError> {
-    let requested = weights::record_requests(DType::F32, |vb| Pipeline::build_networks(config, vb))
+    let requested = weights::record_requests(DType::F32, |vb| Networks::new(config, vb))
         .map_err(|e| EngineError::Internal(format!("listing model keys: {e}")))?;
     weights::check(
         &requested,

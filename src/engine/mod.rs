@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod device;
 pub mod error;
+pub mod image_input;
 pub mod loader;
 pub mod pipeline;
 pub mod request;

@@ -8,7 +8,10 @@ use candle_nn::VarBuilder;
 
 use super::error::EngineError;
 use super::request::{GenerationRequest, Limits};
+use super::image_input::{fit_to_frame, ImageFit};
 use crate::models::config::ModelConfig;
+use crate::models::image_encoder::ImageConditioner;
+use crate::models::image_preprocess::image_to_tensor;
 use crate::models::random_init::RandomWeights;
 use crate::models::text_encoder::TextEncoder;
 use crate::models::tokenizer::ClipTokenizer;
@@ -40,14 +43,37 @@ pub struct Generated {
     /// The prompt was longer than 77 tokens and was cut as the original does.
     pub prompt_truncated: bool,
     pub elapsed: Duration,
+    /// How the conditioning image was fitted to the frame (image-to-video only).
+    pub image_fit: Option<ImageFit>,
+}
+
+/// The networks of one model, each built under its original key prefix.
+pub struct Networks {
+    pub text_encoder: TextEncoder,
+    pub unet: UNetModel,
+    pub vae: AutoencoderKL,
+    /// Image-to-video only: ViT-H/14 visual tower + Resampler.
+    pub image: Option<ImageConditioner>,
+}
+
+impl Networks {
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Networks {
+            text_encoder: TextEncoder::new(vb.pp("cond_stage_model.model"), &config.text)?,
+            unet: UNetModel::new(vb.pp("model.diffusion_model"), &config.unet)?,
+            vae: AutoencoderKL::new(vb.pp("first_stage_model"), &config.vae)?,
+            image: match &config.image {
+                Some(image) => Some(ImageConditioner::new(vb.clone(), image)?),
+                None => None,
+            },
+        })
+    }
 }
 
 pub struct Pipeline {
     config: ModelConfig,
     tokenizer: ClipTokenizer,
-    text_encoder: TextEncoder,
-    unet: UNetModel,
-    vae: AutoencoderKL,
+    networks: Networks,
     schedule: NoiseSchedule,
     device: Device,
     dtype: DType,
@@ -60,32 +86,18 @@ impl Pipeline {
         vb: VarBuilder,
         schedule: NoiseSchedule,
     ) -> Result<Self, EngineError> {
-        let (text_encoder, unet, vae) = Self::build_networks(&config, vb.clone())
+        let networks = Networks::new(&config, vb.clone())
             .map_err(|e| EngineError::BadWeights(e.to_string()))?;
         let tokenizer =
             ClipTokenizer::new().map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
         Ok(Self {
             config,
             tokenizer,
-            text_encoder,
-            unet,
-            vae,
+            networks,
             schedule,
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
-    }
-
-    /// The networks, each under its original key prefix.
-    pub fn build_networks(
-        config: &ModelConfig,
-        vb: VarBuilder,
-    ) -> candle_core::Result<(TextEncoder, UNetModel, AutoencoderKL)> {
-        Ok((
-            TextEncoder::new(vb.pp("cond_stage_model.model"), &config.text)?,
-            UNetModel::new(vb.pp("model.diffusion_model"), &config.unet)?,
-            AutoencoderKL::new(vb.pp("first_stage_model"), &config.vae)?,
-        ))
     }
 
     /// A model of `config`'s shapes with deterministic random weights: the `tiny` smoke model,
@@ -105,7 +117,7 @@ impl Pipeline {
     }
 
     pub fn unet(&self) -> &UNetModel {
-        &self.unet
+        &self.networks.unet
     }
 
     /// Text contexts `(n, 77, C)` in the model dtype; also whether any prompt was truncated.
@@ -113,7 +125,7 @@ impl Pipeline {
         let tokens: Vec<_> = prompts.iter().map(|p| self.tokenizer.encode(p)).collect();
         let truncated = tokens.iter().any(|t| t.truncated());
         let rows: Vec<Vec<u32>> = tokens.into_iter().map(|t| t.ids).collect();
-        let context = self.text_encoder.encode_ids(&rows, &self.device)?;
+        let context = self.networks.text_encoder.encode_ids(&rows, &self.device)?;
         Ok((context, truncated))
     }
 
@@ -130,8 +142,21 @@ impl Pipeline {
         let started = Instant::now();
         let negative = req.negative.as_deref().unwrap_or("");
         let (contexts, truncated) = self.encode_prompts(&[&req.prompt, negative])?;
-        let context = contexts.narrow(0, 0, 1)?;
-        let uncond = contexts.narrow(0, 1, 1)?;
+        let mut context = contexts.narrow(0, 0, 1)?;
+        let mut uncond = contexts.narrow(0, 1, 1)?;
+        if let Some(conditioner) = &self.networks.image {
+            let image = req
+                .image
+                .as_ref()
+                .ok_or_else(|| EngineError::BadRequest("this model needs an image".into()))?;
+            // The original resizes the input to the frame size before CLIP preprocessing.
+            let framed = fit_to_frame(image, req.width as u32, req.height as u32, req.image_fit);
+            let pixels = image_to_tensor(&framed).to_device(&self.device)?;
+            let image_tokens = conditioner.embed(&pixels)?.to_dtype(context.dtype())?;
+            let grey_tokens = conditioner.uncond_embed(1, &self.device, self.dtype)?;
+            context = Tensor::cat(&[&context, &image_tokens], 1)?;
+            uncond = Tensor::cat(&[&uncond, &grey_tokens.to_dtype(context.dtype())?], 1)?;
+        }
 
         let factor = self.config.vae.downsample_factor();
         let shape = (
@@ -151,7 +176,7 @@ impl Pipeline {
             fps: req.fps as f64,
         };
         let loop_started = Instant::now();
-        let latents = ddim::sample(&self.unet, &ddim, x_t, &cond, &mut noise, &mut |report| {
+        let latents = ddim::sample(&self.networks.unet, &ddim, x_t, &cond, &mut noise, &mut |report| {
             let step = report.index + 1;
             let elapsed = loop_started.elapsed();
             let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
@@ -171,12 +196,13 @@ impl Pipeline {
             steps_run: ddim.steps.len(),
             prompt_truncated: truncated,
             elapsed: started.elapsed(),
+            image_fit: self.networks.image.as_ref().map(|_| req.image_fit),
         })
     }
 
     /// f32 latents `(b, 4, t, h, w)` to a `(b, 3, t, H, W)` video in [-1, 1]-ish (f32).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
-        let video = self.vae.decode_video(&latents.to_dtype(self.dtype)?)?;
+        let video = self.networks.vae.decode_video(&latents.to_dtype(self.dtype)?)?;
         Ok(video.to_dtype(DType::F32)?)
     }
 

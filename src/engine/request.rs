@@ -1,6 +1,11 @@
 //! What a caller asks the engine for, and the checks that turn an absurd request into a clear
 //! `BadRequest` before any GPU time is spent.
 
+use std::sync::Arc;
+
+use image::RgbImage;
+
+use super::image_input::ImageFit;
 use crate::models::config::{ModelConfig, Variant};
 
 /// One text-to-video (or, with `image`, image-to-video) generation.
@@ -19,6 +24,9 @@ pub struct GenerationRequest {
     pub height: usize,
     pub width: usize,
     pub frames: usize,
+    /// The conditioning image of image-to-video models (already decoded and upright).
+    pub image: Option<Arc<RgbImage>>,
+    pub image_fit: ImageFit,
 }
 
 impl GenerationRequest {
@@ -37,6 +45,8 @@ impl GenerationRequest {
             height: d.height,
             width: d.width,
             frames: d.frames,
+            image: None,
+            image_fit: ImageFit::default(),
         }
     }
 }
@@ -70,6 +80,16 @@ impl Limits {
     /// Checks `req` against these limits and the model's shape constraints. The message is
     /// written for the person who made the request.
     pub fn check(&self, req: &GenerationRequest, model: &ModelConfig) -> Result<(), String> {
+        match (model.variant.is_image_to_video(), &req.image) {
+            (true, None) => return Err(format!("the {} model needs an image", model.variant)),
+            (false, Some(_)) => {
+                return Err(format!(
+                    "the {} model makes videos from text only; use an image-to-video model for images",
+                    model.variant
+                ))
+            }
+            _ => {}
+        }
         if req.prompt.trim().is_empty() {
             return Err("the prompt is empty".into());
         }

@@ -34,9 +34,11 @@ pub fn attention_blocked(
     let (batch, n_q, _) = q.dims3()?;
     let n_k = k.dim(1)?;
     let kt = k.t()?;
+    // Scaling q (n·d values) instead of the scores (n·m values) saves a full pass over them.
+    let q = &(q * scale)?;
     let per_batch_row = n_q * n_k;
     if batch * per_batch_row <= block_elements {
-        return attention_block(q, &kt, v, scale);
+        return attention_block(q, &kt, v);
     }
     // Prefer whole batch rows (fewer, larger matmuls); split queries only when one row is too big.
     let batch_step = (block_elements / per_batch_row).max(1);
@@ -54,22 +56,21 @@ pub fn attention_blocked(
             v.narrow(0, b0, bn)?,
         );
         if query_step == n_q {
-            rows.push(attention_block(&qb, &ktb, &vb, scale)?);
+            rows.push(attention_block(&qb, &ktb, &vb)?);
             continue;
         }
         let mut parts = Vec::with_capacity(n_q.div_ceil(query_step));
         for q0 in (0..n_q).step_by(query_step) {
             let qn = query_step.min(n_q - q0);
-            parts.push(attention_block(&qb.narrow(1, q0, qn)?, &ktb, &vb, scale)?);
+            parts.push(attention_block(&qb.narrow(1, q0, qn)?, &ktb, &vb)?);
         }
         rows.push(Tensor::cat(&parts, 1)?);
     }
     Tensor::cat(&rows, 0)
 }
 
-fn attention_block(q: &Tensor, kt: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let scores = (q.matmul(kt)? * scale)?;
-    candle_nn::ops::softmax_last_dim(&scores)?.matmul(v)
+fn attention_block(q_scaled: &Tensor, kt: &Tensor, v: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax_last_dim(&q_scaled.matmul(kt)?)?.matmul(v)
 }
 
 /// `RelativePosition`: a learned table indexed by the clamped key-minus-query distance.

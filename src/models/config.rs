@@ -22,15 +22,18 @@ pub enum Variant {
     I2v,
     /// Random weights, tiny shapes: exercises the whole pipeline without downloading anything.
     Tiny,
+    /// The image-to-video counterpart of `Tiny`.
+    TinyI2v,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 6] = [
         Variant::T2v1024,
         Variant::T2v512,
         Variant::Vc2,
         Variant::I2v,
         Variant::Tiny,
+        Variant::TinyI2v,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +43,7 @@ impl Variant {
             Variant::Vc2 => "vc2",
             Variant::I2v => "i2v",
             Variant::Tiny => "tiny",
+            Variant::TinyI2v => "tiny-i2v",
         }
     }
 
@@ -54,7 +58,12 @@ impl Variant {
     }
 
     pub fn is_image_to_video(self) -> bool {
-        self == Variant::I2v
+        matches!(self, Variant::I2v | Variant::TinyI2v)
+    }
+
+    /// Random-weight smoke models, which need no checkpoint.
+    pub fn is_random_smoke_model(self) -> bool {
+        matches!(self, Variant::Tiny | Variant::TinyI2v)
     }
 
     /// The configuration of the released checkpoint (or of the tiny smoke model).
@@ -65,6 +74,7 @@ impl Variant {
             Variant::Vc2 => ModelConfig::vc2(),
             Variant::I2v => ModelConfig::i2v(),
             Variant::Tiny => ModelConfig::tiny(),
+            Variant::TinyI2v => ModelConfig::tiny_i2v(),
         }
     }
 }
@@ -399,7 +409,7 @@ impl ModelConfig {
     }
 
     /// Random-weight smoke model: the VC2 architecture at toy width (as in the golden fixtures),
-    /// a 2× VAE, 64×96 pixels. Produces coloured noise, quickly, on a CPU.
+    /// a 2× VAE, 32×48 pixels. Produces coloured noise, quickly, on a CPU.
     pub fn tiny() -> Self {
         ModelConfig {
             variant: Variant::Tiny,
@@ -430,8 +440,8 @@ impl ModelConfig {
             diffusion: DiffusionConfig::released(Some(0.7), 1400),
             image: None,
             defaults: SamplingDefaults {
-                height: 64,
-                width: 96,
+                height: 32,
+                width: 48,
                 frames: 16,
                 steps: 10,
                 eta: 1.0,
@@ -439,6 +449,42 @@ impl ModelConfig {
                 fps: 28,
                 save_fps: 10,
             },
+        }
+    }
+
+    /// `tiny` with the i2v additions: image cross-attention, a toy ViT and Resampler.
+    pub fn tiny_i2v() -> Self {
+        let tiny = ModelConfig::tiny();
+        ModelConfig {
+            variant: Variant::TinyI2v,
+            unet: UNetConfig {
+                use_image_attention: true,
+                ..tiny.unet.clone()
+            },
+            image: Some(ImageConditioningConfig {
+                vision: VisionEncoderConfig {
+                    image_size: 224,
+                    patch_size: 14,
+                    width: 48,
+                    heads: 3,
+                    layers: 2,
+                },
+                resampler: ResamplerConfig {
+                    dim: 32,
+                    depth: 2,
+                    dim_head: 8,
+                    heads: 3,
+                    embedding_dim: 48,
+                    output_dim: tiny.unet.context_dim,
+                    ff_mult: 4,
+                    num_queries: 16,
+                },
+            }),
+            defaults: SamplingDefaults {
+                fps: 8,
+                ..tiny.defaults.clone()
+            },
+            ..tiny
         }
     }
 
