@@ -10,6 +10,7 @@ use candle_core::{DType, Device};
 use super::error::EngineError;
 use super::pipeline::{Networks, Pipeline};
 use crate::models::config::{ModelConfig, Variant};
+use crate::models::text_encoder::is_skipped_block_key;
 use crate::sampler::schedule::NoiseSchedule;
 use crate::weights::{self, WeightSource};
 
@@ -52,13 +53,15 @@ pub fn load_from_source(
 pub fn check_source(config: &ModelConfig, source: &WeightSource) -> Result<usize, EngineError> {
     let requested = weights::record_requests(DType::F32, |vb| Networks::new(config, vb))
         .map_err(|e| EngineError::Internal(format!("listing model keys: {e}")))?;
-    weights::check(
-        &requested,
-        &source.manifest(),
-        &weights::not_a_module_weight,
-    )
-    .map_err(|e| EngineError::BadWeights(e.to_string()))?;
+    weights::check(&requested, &source.manifest(), &|key| unused_key(config, key))
+        .map_err(|e| EngineError::BadWeights(e.to_string()))?;
     Ok(requested.len())
+}
+
+/// Checkpoint tensors this model never reads: the documented unused set plus the text tower's
+/// last block (the original runs every block but the last).
+pub fn unused_key(config: &ModelConfig, key: &str) -> bool {
+    weights::not_a_module_weight(key) || is_skipped_block_key(&config.text, key)
 }
 
 /// The checkpoint's own `alphas_cumprod`/`scale_arr` when present (the i2v checkpoint stores

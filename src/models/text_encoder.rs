@@ -157,3 +157,12 @@ fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
         .collect();
     Tensor::from_vec(data, (n, n), device)?.to_dtype(dtype)
 }
+
+/// True for the weights of the text tower's last block, which "penultimate" never runs
+/// (`key` is a full checkpoint key).
+pub fn is_skipped_block_key(cfg: &TextEncoderConfig, key: &str) -> bool {
+    key.strip_prefix("cond_stage_model.model.transformer.resblocks.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|index| index.parse::<usize>().ok())
+        .is_some_and(|index| index >= cfg.layers_run())
+}
