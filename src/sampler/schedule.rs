@@ -91,10 +91,17 @@ pub struct DdimSchedule {
 impl DdimSchedule {
     /// Uniform timesteps `range(0, T, T // S) + 1`. Like the original, when S does not divide T
     /// this yields more than S steps (S=30 gives 31); `steps.len()` is the real count.
+    /// Every S from 1 to T gives a valid schedule.
     pub fn new(schedule: &NoiseSchedule, requested_steps: usize, eta: f64) -> Self {
         let total = schedule.alphas_cumprod.len();
         let stride = (total / requested_steps.clamp(1, total)).max(1);
-        let timesteps: Vec<usize> = (0..total).step_by(stride).map(|t| t + 1).collect();
+        // When the last multiple of the stride is T-1 (S = 3: 0, 333, 666, 999) the original's
+        // `+ 1` indexes past the schedule and crashes; that timestep is dropped here instead.
+        let timesteps: Vec<usize> = (0..total)
+            .step_by(stride)
+            .map(|t| t + 1)
+            .filter(|&t| t < total)
+            .collect();
         let ac = &schedule.alphas_cumprod;
         let scale_at = |t: usize| schedule.scale_arr.as_ref().map_or(1.0, |s| s[t]);
         let mut steps: Vec<DdimStep> = timesteps
