@@ -7,6 +7,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::device::{select_device, select_dtype};
+use crate::engine::image_input::{decode_image, ImageFit, ImageLimits};
 use crate::engine::loader;
 use crate::engine::{EngineHandle, GenerationRequest, JobOptions, Limits};
 use crate::models::config::Variant;
@@ -14,11 +15,19 @@ use crate::video::{encode_mp4, EncodeOptions};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// t2v-1024, t2v-512, vc2, or tiny (random weights: a smoke test of the pipeline, not a model).
+    /// t2v-1024, t2v-512, vc2, i2v, or tiny / tiny-i2v (random weights: smoke tests of the
+    /// pipeline, not models).
     #[arg(long, default_value = "vc2")]
     pub variant: String,
     #[arg(long)]
     pub prompt: String,
+    /// Input image for image-to-video (PNG, JPEG, WebP, GIF, BMP).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// How the image is fitted to the frame: crop (centre-crop, keeps proportions) or stretch
+    /// (what the original script does).
+    #[arg(long, default_value = "crop", value_parser = ["crop", "stretch"])]
+    pub fit: String,
     /// Negative prompt (replaces the empty prompt in classifier-free guidance).
     #[arg(long)]
     pub negative: Option<String>,
@@ -74,6 +83,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         height: args.height.unwrap_or(defaults.height),
         width: args.width.unwrap_or(defaults.width),
         frames: args.frames.unwrap_or(defaults.frames),
+        image: match &args.image {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let image = decode_image(&bytes, &ImageLimits::default())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                Some(std::sync::Arc::new(image))
+            }
+            None => None,
+        },
+        image_fit: if args.fit == "stretch" {
+            ImageFit::Stretch
+        } else {
+            ImageFit::CentreCrop
+        },
         ..defaults
     };
     let limits = Limits::default();
@@ -118,6 +142,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         bar.set_message(format!("{:.0}s", p.remaining.as_secs_f64()));
     })?;
     bar.finish();
+    if let Some(fit) = generated.image_fit {
+        eprintln!("image fitted to the frame by {}", fit.name());
+    }
     if generated.prompt_truncated {
         eprintln!(
             "note: the prompt is longer than 77 tokens and was cut, as the original model does"
