@@ -10,6 +10,8 @@ pub enum EngineError {
     OutOfMemory(String),
     #[error("model weights are unusable: {0}")]
     BadWeights(String),
+    #[error("model weights are missing: {0}")]
+    WeightsMissing(String),
     #[error("the model `{0}` is not loaded on this server")]
     ModelNotLoaded(String),
     #[error("cancelled")]

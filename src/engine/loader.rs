@@ -27,11 +27,14 @@ pub fn load_pipeline(
     }
     let paths = if paths.is_empty() {
         vec![weights::locate::find(variant.name())
-            .map_err(|e| EngineError::BadWeights(e.to_string()))?]
+            .map_err(|e| EngineError::WeightsMissing(e.to_string()))?]
     } else {
         paths.to_vec()
     };
-    let source = WeightSource::open(&paths).map_err(|e| EngineError::BadWeights(e.to_string()))?;
+    let source = WeightSource::open(&paths).map_err(|e| match e {
+        weights::WeightsError::NotFound { .. } => EngineError::WeightsMissing(e.to_string()),
+        other => EngineError::BadWeights(other.to_string()),
+    })?;
     load_from_source(config, &source, device, dtype)
 }
 

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::download::{cached, checkpoint_for, download_hint};
+use super::download::{cached, checkpoint_for};
 use super::error::WeightsError;
 
 /// The folder holding converted weights, one sub-folder per variant.
@@ -35,6 +35,9 @@ pub fn find(variant: &str) -> Result<PathBuf, WeightsError> {
         .cloned()
         .ok_or_else(|| WeightsError::NotFound {
             path: candidates[0].clone(),
-            hint: download_hint(),
+            hint: format!(
+                "download it with `floor33 weights download {variant}` (it is then found here), \
+                 or pass the file with --weights"
+            ),
         })
 }
