@@ -110,7 +110,13 @@ fn cancelling_a_running_job_stops_it_between_steps() {
 #[test]
 fn a_job_cancelled_while_queued_never_runs() {
     let engine = engine();
-    let first = engine.submit(GenerationRequest { steps: 20, ..quick(Variant::Tiny, 1) }, no_previews());
+    let first = engine.submit(
+        GenerationRequest {
+            steps: 20,
+            ..quick(Variant::Tiny, 1)
+        },
+        no_previews(),
+    );
     let second = engine.submit(quick(Variant::Tiny, 2), no_previews());
     second.cancel.cancel();
     let mut events = second.events;
@@ -131,8 +137,20 @@ fn a_job_cancelled_while_queued_never_runs() {
 fn bad_requests_get_typed_errors_not_panics() {
     let engine = engine();
     let cases = [
-        (GenerationRequest { width: 25, ..quick(Variant::Tiny, 1) }, "multiple of 4"),
-        (GenerationRequest { steps: 0, ..quick(Variant::Tiny, 1) }, "steps"),
+        (
+            GenerationRequest {
+                width: 25,
+                ..quick(Variant::Tiny, 1)
+            },
+            "multiple of 4",
+        ),
+        (
+            GenerationRequest {
+                steps: 0,
+                ..quick(Variant::Tiny, 1)
+            },
+            "steps",
+        ),
         (quick(Variant::TinyI2v, 1), "needs an image"),
         (quick(Variant::Vc2, 1), "not loaded"),
     ];
@@ -141,14 +159,19 @@ fn bad_requests_get_typed_errors_not_panics() {
             .submit(request, no_previews())
             .wait_blocking(|_| {})
             .unwrap_err();
-        assert!(err.to_string().contains(words), "{err} should mention {words}");
+        assert!(
+            err.to_string().contains(words),
+            "{err} should mention {words}"
+        );
     }
 }
 
 #[test]
 fn image_to_video_jobs_run_beside_text_to_video_ones() {
     let engine = engine();
-    let image = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]));
+    let image = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    });
     let request = GenerationRequest {
         image: Some(Arc::new(image)),
         image_fit: ImageFit::Stretch,

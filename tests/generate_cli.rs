@@ -27,10 +27,22 @@ fn run_ok(cmd: &mut Command) -> String {
 fn generate_tiny_writes_a_playable_mp4() {
     let dir = temp_dir("t2v");
     let out = dir.join("tiny.mp4");
-    let log = run_ok(floor33().args(["generate", "--variant", "tiny", "--prompt", "a corgi running on the beach"])
-        .args(["--seed", "42", "--steps", "2", "--device", "cpu", "--out"])
-        .arg(&out));
-    assert!(log.contains("smoke model"), "the tiny model says what it is: {log}");
+    let log = run_ok(
+        floor33()
+            .args([
+                "generate",
+                "--variant",
+                "tiny",
+                "--prompt",
+                "a corgi running on the beach",
+            ])
+            .args(["--seed", "42", "--steps", "2", "--device", "cpu", "--out"])
+            .arg(&out),
+    );
+    assert!(
+        log.contains("smoke model"),
+        "the tiny model says what it is: {log}"
+    );
     let probe = probe_mp4(&out).unwrap();
     assert_eq!(probe.codec_name, "h264");
     assert_eq!(probe.pix_fmt, "yuv420p");
@@ -44,15 +56,28 @@ fn generate_tiny_writes_a_playable_mp4() {
 fn generate_tiny_i2v_from_an_image_file() {
     let dir = temp_dir("i2v");
     let input = dir.join("in.png");
-    image::RgbImage::from_fn(90, 60, |x, y| image::Rgb([(x * 2) as u8, (y * 4) as u8, 128]))
-        .save(&input)
-        .unwrap();
+    image::RgbImage::from_fn(90, 60, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 4) as u8, 128])
+    })
+    .save(&input)
+    .unwrap();
     let out = dir.join("i2v.mp4");
-    let log = run_ok(floor33().args(["generate", "--variant", "tiny-i2v", "--prompt", "the waves move"])
-        .args(["--steps", "2", "--frames", "8", "--device", "cpu", "--image"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&out));
+    let log = run_ok(
+        floor33()
+            .args([
+                "generate",
+                "--variant",
+                "tiny-i2v",
+                "--prompt",
+                "the waves move",
+            ])
+            .args([
+                "--steps", "2", "--frames", "8", "--device", "cpu", "--image",
+            ])
+            .arg(&input)
+            .arg("--out")
+            .arg(&out),
+    );
     assert!(log.contains("centre-crop"), "{log}");
     let probe = probe_mp4(&out).unwrap();
     assert_eq!((probe.width, probe.height, probe.frames), (48, 32, 8));
@@ -65,14 +90,35 @@ fn clear_errors_for_bad_input() {
     let text = dir.join("notes.txt");
     std::fs::write(&text, "not an image").unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--variant".into(), "tiny".into(), "--width".into(), "50".into()], "not a multiple of 4"),
+        (
+            vec![
+                "--variant".into(),
+                "tiny".into(),
+                "--width".into(),
+                "50".into(),
+            ],
+            "not a multiple of 4",
+        ),
         (vec!["--variant".into(), "nope".into()], "unknown variant"),
-        (vec!["--variant".into(), "tiny-i2v".into(), "--image".into(), text.display().to_string()], "PNG, JPEG"),
-        (vec!["--variant".into(), "tiny-i2v".into()], "needs an image"),
+        (
+            vec![
+                "--variant".into(),
+                "tiny-i2v".into(),
+                "--image".into(),
+                text.display().to_string(),
+            ],
+            "PNG, JPEG",
+        ),
+        (
+            vec!["--variant".into(), "tiny-i2v".into()],
+            "needs an image",
+        ),
     ];
     for (args, words) in cases {
         let out = floor33()
-            .args(["generate", "--prompt", "x", "--steps", "1", "--device", "cpu", "--out"])
+            .args([
+                "generate", "--prompt", "x", "--steps", "1", "--device", "cpu", "--out",
+            ])
             .arg(dir.join("x.mp4"))
             .args(&args)
             .output()
@@ -92,7 +138,16 @@ fn missing_weights_say_how_to_download_them() {
     let out = floor33()
         .env("FLOOR33_WEIGHTS_DIR", &dir)
         .env("HF_HOME", &dir)
-        .args(["generate", "--variant", "vc2", "--prompt", "x", "--device", "cpu", "--out"])
+        .args([
+            "generate",
+            "--variant",
+            "vc2",
+            "--prompt",
+            "x",
+            "--device",
+            "cpu",
+            "--out",
+        ])
         .arg(dir.join("x.mp4"))
         .output()
         .unwrap();

@@ -13,10 +13,9 @@ use support::golden::*;
 const TOL: f64 = 1e-4;
 
 fn ddim_prompts() -> Vec<String> {
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(golden_dir().join("tokens.json")).unwrap(),
-    )
-    .unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir().join("tokens.json")).unwrap())
+            .unwrap();
     json["ddim_prompts"]
         .as_array()
         .unwrap()
@@ -40,9 +39,19 @@ fn text_prompts_give_the_original_contexts() {
         let io = tensors(&format!("ddim_{variant}.safetensors"));
         let (context, truncated) = pipeline.encode_prompts(&refs).unwrap();
         assert!(!truncated);
-        assert_close_rel(&format!("{variant} context"), &context, &get(&io, "context"), TOL);
+        assert_close_rel(
+            &format!("{variant} context"),
+            &context,
+            &get(&io, "context"),
+            TOL,
+        );
         let (uncond, _) = pipeline.encode_prompts(&["", ""]).unwrap();
-        assert_close_rel(&format!("{variant} uc_context"), &uncond, &get(&io, "cfg.uc_context"), TOL);
+        assert_close_rel(
+            &format!("{variant} uc_context"),
+            &uncond,
+            &get(&io, "cfg.uc_context"),
+            TOL,
+        );
     }
 }
 
@@ -67,7 +76,9 @@ fn images_and_prompts_give_the_original_i2v_contexts() {
     let context = Tensor::cat(&[&text, &image_tokens], 1).unwrap();
     assert_close_rel("i2v context", &context, &get(&io, "context"), TOL);
     let (empty, _) = pipeline.encode_prompts(&["", ""]).unwrap();
-    let grey = conditioner.uncond_embed(2, &Device::Cpu, candle_core::DType::F32).unwrap();
+    let grey = conditioner
+        .uncond_embed(2, &Device::Cpu, candle_core::DType::F32)
+        .unwrap();
     let uncond = Tensor::cat(&[&empty, &grey], 1).unwrap();
     assert_close_rel("i2v uc_context", &uncond, &get(&io, "cfg.uc_context"), TOL);
 }

@@ -151,9 +151,15 @@ fn steps_not_dividing_1000_follow_the_original() {
     assert_eq!(DdimSchedule::new(&sched, 60, 1.0).steps.len(), 63);
     // The original crashes for S = 3 (timestep 1000); we drop that step.
     let three = DdimSchedule::new(&sched, 3, 1.0);
-    assert_eq!(three.steps.iter().map(|s| s.timestep).collect::<Vec<_>>(), vec![667, 334, 1]);
+    assert_eq!(
+        three.steps.iter().map(|s| s.timestep).collect::<Vec<_>>(),
+        vec![667, 334, 1]
+    );
     for s in 1..=1000 {
-        assert!(DdimSchedule::new(&sched, s, 0.5).steps.iter().all(|x| x.timestep < 1000));
+        assert!(DdimSchedule::new(&sched, s, 0.5)
+            .steps
+            .iter()
+            .all(|x| x.timestep < 1000));
     }
     let fifty = DdimSchedule::new(&sched, 50, 1.0);
     assert_eq!(fifty.steps.len(), 50);

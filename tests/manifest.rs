@@ -5,13 +5,16 @@
 //! embedder, the visual ln_post/proj) and the text tower's last block, which "penultimate" skips.
 
 use candle_core::DType;
+use floor33::engine::loader::unused_key;
 use floor33::engine::pipeline::Networks;
 use floor33::models::config::ModelConfig;
-use floor33::engine::loader::unused_key;
 use floor33::weights::{check, record_requests, Manifest};
 
 fn manifest_file(name: &str) -> Manifest {
-    let path = format!("{}/tests/fixtures/keys/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/keys/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     Manifest::from_json_file(std::path::Path::new(&path)).expect("manifest")
 }
 
@@ -25,7 +28,10 @@ fn assert_model_matches_checkpoint(config: ModelConfig, checkpoint: &str) {
     let skipped = available.keys().filter(|k| !requested.contains(k)).count();
     let unused = available.keys().filter(|k| unused_key(&config, k)).count();
     assert_eq!(skipped, unused, "{checkpoint}");
-    println!("{checkpoint}: {} tensors used, {skipped} documented unused", requested.len());
+    println!(
+        "{checkpoint}: {} tensors used, {skipped} documented unused",
+        requested.len()
+    );
 }
 
 #[test]
@@ -52,11 +58,14 @@ fn i2v_requests_exactly_the_checkpoint_keys() {
 fn a_wrong_variant_is_reported_with_all_differences() {
     // VC2's checkpoint against the 1024 model: relative-position tables missing, temporal
     // convolutions unexpected — both lists in one error.
-    let requested = record_requests(DType::F32, |vb| Networks::new(&ModelConfig::t2v_1024(), vb)).unwrap();
+    let requested =
+        record_requests(DType::F32, |vb| Networks::new(&ModelConfig::t2v_1024(), vb)).unwrap();
     let config = ModelConfig::t2v_1024();
-    let err = check(&requested, &manifest_file("t2v_512_v2"), &|k| unused_key(&config, k))
-        .unwrap_err()
-        .to_string();
+    let err = check(&requested, &manifest_file("t2v_512_v2"), &|k| {
+        unused_key(&config, k)
+    })
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("relative_position_k"), "{err}");
     assert!(err.contains("temopral_conv"), "{err}");
 }

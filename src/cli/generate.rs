@@ -85,8 +85,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         frames: args.frames.unwrap_or(defaults.frames),
         image: match &args.image {
             Some(path) => {
-                let bytes = std::fs::read(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
                 let image = decode_image(&bytes, &ImageLimits::default())
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 Some(std::sync::Arc::new(image))

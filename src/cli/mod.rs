@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate one video and write it as MP4.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Download, convert or check model weights.
     #[command(subcommand)]
     Weights(weights::WeightsCommand),
@@ -33,7 +33,7 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),
     }

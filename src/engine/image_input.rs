@@ -56,7 +56,11 @@ impl ImageFit {
 }
 
 fn accepted_names() -> String {
-    ACCEPTED.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+    ACCEPTED
+        .iter()
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decodes `bytes` into an upright RGB image; the error is a sentence for the member.
@@ -72,7 +76,10 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Stri
         ));
     }
     let format = image::guess_format(bytes).map_err(|_| {
-        format!("this file is not an image I can read (accepted: {})", accepted_names())
+        format!(
+            "this file is not an image I can read (accepted: {})",
+            accepted_names()
+        )
     })?;
     if !ACCEPTED.iter().any(|(f, _)| *f == format) {
         return Err(format!(
@@ -147,7 +154,12 @@ mod tests {
     #[test]
     fn accepts_the_listed_formats_and_refuses_others_by_name() {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(8, 6, image::Rgb([10, 200, 30])));
-        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Gif, ImageFormat::Bmp] {
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Gif,
+            ImageFormat::Bmp,
+        ] {
             let decoded = decode_image(&encode(&img, format), &ImageLimits::default()).unwrap();
             assert_eq!(decoded.dimensions(), (8, 6), "{format:?}");
         }
@@ -155,7 +167,10 @@ mod tests {
         assert!(err.contains("PNG, JPEG, WebP, GIF, BMP"), "{err}");
         let tiff = encode_tiff_header();
         let err = decode_image(&tiff, &ImageLimits::default()).unwrap_err();
-        assert!(err.contains("not accepted") || err.contains("not an image"), "{err}");
+        assert!(
+            err.contains("not accepted") || err.contains("not an image"),
+            "{err}"
+        );
     }
 
     fn encode_tiff_header() -> Vec<u8> {
@@ -175,7 +190,10 @@ mod tests {
         assert!(err.contains("megapixels"), "{err}");
         let png = encode(&big, ImageFormat::Png);
         let err = decode_image(&png[..png.len() / 2], &ImageLimits::default()).unwrap_err();
-        assert!(err.contains("damaged") || err.contains("could not be read"), "{err}");
+        assert!(
+            err.contains("damaged") || err.contains("could not be read"),
+            "{err}"
+        );
         let small = ImageLimits {
             max_bytes: 10,
             ..ImageLimits::default()

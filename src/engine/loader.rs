@@ -56,8 +56,10 @@ pub fn load_from_source(
 pub fn check_source(config: &ModelConfig, source: &WeightSource) -> Result<usize, EngineError> {
     let requested = weights::record_requests(DType::F32, |vb| Networks::new(config, vb))
         .map_err(|e| EngineError::Internal(format!("listing model keys: {e}")))?;
-    weights::check(&requested, &source.manifest(), &|key| unused_key(config, key))
-        .map_err(|e| EngineError::BadWeights(e.to_string()))?;
+    weights::check(&requested, &source.manifest(), &|key| {
+        unused_key(config, key)
+    })
+    .map_err(|e| EngineError::BadWeights(e.to_string()))?;
     Ok(requested.len())
 }
 

@@ -7,8 +7,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::error::EngineError;
-use super::request::{GenerationRequest, Limits};
 use super::image_input::{fit_to_frame, ImageFit};
+use super::request::{GenerationRequest, Limits};
 use crate::models::config::ModelConfig;
 use crate::models::image_encoder::ImageConditioner;
 use crate::models::image_preprocess::image_to_tensor;
@@ -176,18 +176,25 @@ impl Pipeline {
             fps: req.fps as f64,
         };
         let loop_started = Instant::now();
-        let latents = ddim::sample(&self.networks.unet, &ddim, x_t, &cond, &mut noise, &mut |report| {
-            let step = report.index + 1;
-            let elapsed = loop_started.elapsed();
-            let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
-            on_step(StepProgress {
-                step,
-                total: report.total,
-                elapsed: started.elapsed(),
-                remaining,
-                pred_x0: report.pred_x0,
-            })
-        })?
+        let latents = ddim::sample(
+            &self.networks.unet,
+            &ddim,
+            x_t,
+            &cond,
+            &mut noise,
+            &mut |report| {
+                let step = report.index + 1;
+                let elapsed = loop_started.elapsed();
+                let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
+                on_step(StepProgress {
+                    step,
+                    total: report.total,
+                    elapsed: started.elapsed(),
+                    remaining,
+                    pred_x0: report.pred_x0,
+                })
+            },
+        )?
         .ok_or(EngineError::Cancelled)?;
         let video = self.decode(&latents)?;
         Ok(Generated {
@@ -202,7 +209,10 @@ impl Pipeline {
 
     /// f32 latents `(b, 4, t, h, w)` to a `(b, 3, t, H, W)` video in [-1, 1]-ish (f32).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
-        let video = self.networks.vae.decode_video(&latents.to_dtype(self.dtype)?)?;
+        let video = self
+            .networks
+            .vae
+            .decode_video(&latents.to_dtype(self.dtype)?)?;
         Ok(video.to_dtype(DType::F32)?)
     }
 
