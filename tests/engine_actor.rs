@@ -190,3 +190,25 @@ fn image_to_video_jobs_run_beside_text_to_video_ones() {
     assert_eq!(t2v.image_fit, None);
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn models_that_cannot_load_are_reported_and_the_rest_served() {
+    use floor33::engine::loader::load_pipelines;
+    let requested = vec![
+        (Variant::Tiny, vec![]),
+        (
+            Variant::Vc2,
+            vec![std::path::PathBuf::from("/nonexistent/vc2/model.ckpt")],
+        ),
+    ];
+    let (loaded, failed) = load_pipelines(&requested, &Device::Cpu, DType::F32);
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].config().variant, Variant::Tiny);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, Variant::Vc2);
+    assert!(
+        matches!(failed[0].1, EngineError::WeightsMissing(_)),
+        "{:?}",
+        failed[0].1
+    );
+}

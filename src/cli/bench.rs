@@ -16,7 +16,7 @@ use crate::sampler::noise::{NoiseSource, SeededNoise};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// t2v-1024, t2v-512, vc2 or tiny (all with random weights).
+    /// t2v-1024, t2v-512, vc2, i2v, tiny or tiny-i2v (all with random weights).
     #[arg(long, default_value = "vc2")]
     pub variant: String,
     #[arg(long)]
@@ -42,9 +42,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let device = select_device(&args.device)?;
     let dtype = select_dtype(&args.dtype, &device)?;
     let mut config = variant.config();
-    if variant.is_image_to_video() {
-        anyhow::bail!("bench covers the text-to-video variants for now");
-    }
     config.defaults.height = args.height.unwrap_or(config.defaults.height);
     config.defaults.width = args.width.unwrap_or(config.defaults.width);
     config.defaults.frames = args.frames.unwrap_or(config.defaults.frames);
@@ -65,7 +62,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let x = SeededNoise::new(1)
         .next(&shape.into(), &device)?
         .to_dtype(dtype)?;
-    let (context, _) = pipeline.encode_prompts(&["a benchmark", ""])?;
+    let (mut context, _) = pipeline.encode_prompts(&["a benchmark", ""])?;
+    if let Some(image) = &config.image {
+        // i2v context: 77 text tokens then the Resampler's image tokens.
+        let tokens = image.resampler.num_queries;
+        let extra = Tensor::zeros((2, tokens, context.dim(2)?), context.dtype(), &device)?;
+        context = Tensor::cat(&[&context, &extra], 1)?;
+    }
     let unet_call = |x: &Tensor| -> Result<()> {
         let eps = pipeline
             .unet()
@@ -95,6 +98,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             height: d.height,
             width: d.width,
             frames: d.frames,
+            image: variant.is_image_to_video().then(|| {
+                std::sync::Arc::new(image::RgbImage::from_fn(
+                    d.width as u32,
+                    d.height as u32,
+                    |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]),
+                ))
+            }),
             ..GenerationRequest::with_defaults(variant, "a benchmark of a fox in the snow", 7)
         };
         let limits = Limits {

@@ -97,3 +97,37 @@ fn schedule_from(
         _ => Ok(from_config),
     }
 }
+
+/// Loads several models for one device, in order. A model that does not fit beside the ones
+/// already loaded (or fails for any other reason) is reported and skipped, so the service still
+/// runs with what fits; the caller says so to the operator.
+pub fn load_pipelines(
+    requested: &[(Variant, Vec<PathBuf>)],
+    device: &Device,
+    dtype: DType,
+) -> (Vec<Pipeline>, Vec<(Variant, EngineError)>) {
+    let mut loaded = Vec::new();
+    let mut failed = Vec::new();
+    for (variant, paths) in requested {
+        match load_pipeline(*variant, paths, device, dtype) {
+            Ok(pipeline) => {
+                tracing::info!(%variant, "model loaded");
+                loaded.push(pipeline);
+            }
+            Err(err) => {
+                match &err {
+                    EngineError::OutOfMemory(_) => tracing::warn!(
+                        %variant,
+                        beside = ?loaded.iter().map(|p: &Pipeline| p.config().variant.name()).collect::<Vec<_>>(),
+                        "not enough device memory to keep this model loaded beside the others; it is not served"
+                    ),
+                    other => {
+                        tracing::warn!(%variant, error = %other, "model not loaded; it is not served")
+                    }
+                }
+                failed.push((*variant, err));
+            }
+        }
+    }
+    (loaded, failed)
+}

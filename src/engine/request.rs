@@ -82,10 +82,12 @@ impl Limits {
     pub fn check(&self, req: &GenerationRequest, model: &ModelConfig) -> Result<(), String> {
         match (model.variant.is_image_to_video(), &req.image) {
             (true, None) => return Err(format!("the {} model needs an image", model.variant)),
-            (false, Some(_)) => return Err(format!(
+            (false, Some(_)) => {
+                return Err(format!(
                 "the {} model makes videos from text only; use an image-to-video model for images",
                 model.variant
-            )),
+            ))
+            }
             _ => {}
         }
         if req.prompt.trim().is_empty() {
