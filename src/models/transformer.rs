@@ -28,15 +28,6 @@ impl Module for ChannelProjection {
     }
 }
 
-/// Per-frame spatial transformer on `(b*t, c, h, w)`; GroupNorm eps 1e-6, residual to the input.
-#[derive(Debug, Clone)]
-pub struct SpatialTransformer {
-    norm: GroupNorm,
-    proj_in: ChannelProjection,
-    transformer_blocks: Vec<BasicTransformerBlock>,
-    proj_out: ChannelProjection,
-}
-
 pub struct TransformerSpec {
     pub heads: usize,
     pub dim_head: usize,
@@ -44,20 +35,24 @@ pub struct TransformerSpec {
     pub use_linear: bool,
 }
 
-impl SpatialTransformer {
-    pub fn new(
+/// What both transformers share: GroupNorm (eps 1e-6), `proj_in`, the blocks, `proj_out`.
+#[derive(Debug, Clone)]
+struct TransformerLayers {
+    norm: GroupNorm,
+    proj_in: ChannelProjection,
+    transformer_blocks: Vec<BasicTransformerBlock>,
+    proj_out: ChannelProjection,
+}
+
+impl TransformerLayers {
+    fn new(
         vb: VarBuilder,
         channels: usize,
         spec: &TransformerSpec,
-        context_dim: usize,
-        image_cross_attention: bool,
+        context_dim: Option<usize>,
+        (self_kind, cross_kind): (AttentionKind, AttentionKind),
     ) -> Result<Self> {
         let inner = spec.heads * spec.dim_head;
-        let cross_kind = if image_cross_attention {
-            AttentionKind::ImageCrossAttention
-        } else {
-            AttentionKind::Plain
-        };
         let transformer_blocks = (0..spec.depth)
             .map(|i| {
                 BasicTransformerBlock::new(
@@ -65,8 +60,8 @@ impl SpatialTransformer {
                     inner,
                     spec.heads,
                     spec.dim_head,
-                    Some(context_dim),
-                    AttentionKind::Plain,
+                    context_dim,
+                    self_kind,
                     cross_kind,
                 )
             })
@@ -79,34 +74,64 @@ impl SpatialTransformer {
         })
     }
 
+    /// proj_in → blocks → proj_out on token-major `(n, tokens, c)` input.
+    fn run_blocks(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let mut y = self.proj_in.forward(tokens)?;
+        for block in &self.transformer_blocks {
+            y = block.forward(&y, context)?;
+        }
+        self.proj_out.forward(&y)
+    }
+}
+
+/// Per-frame spatial transformer on `(b*t, c, h, w)`; residual to the input.
+#[derive(Debug, Clone)]
+pub struct SpatialTransformer(TransformerLayers);
+
+impl SpatialTransformer {
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        spec: &TransformerSpec,
+        context_dim: usize,
+        image_cross_attention: bool,
+    ) -> Result<Self> {
+        let cross_kind = if image_cross_attention {
+            AttentionKind::ImageCrossAttention
+        } else {
+            AttentionKind::Plain
+        };
+        let kinds = (AttentionKind::Plain, cross_kind);
+        Ok(Self(TransformerLayers::new(
+            vb,
+            channels,
+            spec,
+            Some(context_dim),
+            kinds,
+        )?))
+    }
+
     pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
         let (bt, c, h, w) = x.dims4()?;
         // 'b c h w -> b (h w) c'
-        let mut y = self
+        let tokens = self
+            .0
             .norm
             .forward(x)?
             .reshape((bt, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?;
-        y = self.proj_in.forward(&y)?;
-        for block in &self.transformer_blocks {
-            y = block.forward(&y, Some(context))?;
-        }
-        y = self.proj_out.forward(&y)?;
+        let y = self.0.run_blocks(&tokens, Some(context))?;
         let y = y.transpose(1, 2)?.reshape((bt, c, h, w))?;
         y + x
     }
 }
 
 /// Temporal transformer on `(b, c, t, h, w)`: sequences of `t` frames per pixel, self-attention
-/// only. GroupNorm eps 1e-6 over the whole 5-D tensor (joint over t, h, w).
+/// only (attn2 is a second self-attention). Its GroupNorm runs on the whole 5-D tensor (joint
+/// over t, h, w).
 #[derive(Debug, Clone)]
-pub struct TemporalTransformer {
-    norm: GroupNorm,
-    proj_in: ChannelProjection,
-    transformer_blocks: Vec<BasicTransformerBlock>,
-    proj_out: ChannelProjection,
-}
+pub struct TemporalTransformer(TransformerLayers);
 
 impl TemporalTransformer {
     pub fn new(
@@ -115,30 +140,17 @@ impl TemporalTransformer {
         spec: &TransformerSpec,
         relative_position: Option<usize>,
     ) -> Result<Self> {
-        let inner = spec.heads * spec.dim_head;
         let kind = match relative_position {
             Some(temporal_length) => AttentionKind::RelativePosition { temporal_length },
             None => AttentionKind::Plain,
         };
-        let transformer_blocks = (0..spec.depth)
-            .map(|i| {
-                BasicTransformerBlock::new(
-                    vb.pp(format!("transformer_blocks.{i}")),
-                    inner,
-                    spec.heads,
-                    spec.dim_head,
-                    None,
-                    kind,
-                    kind,
-                )
-            })
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            norm: candle_nn::group_norm(32, channels, 1e-6, vb.pp("norm"))?,
-            proj_in: ChannelProjection::new(vb.pp("proj_in"), channels, inner, spec.use_linear)?,
-            transformer_blocks,
-            proj_out: ChannelProjection::new(vb.pp("proj_out"), inner, channels, spec.use_linear)?,
-        })
+        Ok(Self(TransformerLayers::new(
+            vb,
+            channels,
+            spec,
+            None,
+            (kind, kind),
+        )?))
     }
 
     /// `x` is `(b*t, c, h, w)` with frames inner; `frames` = t.
@@ -147,16 +159,12 @@ impl TemporalTransformer {
         let b = bt / frames;
         // '(b t) c h w -> b c t h w' for the norm, then 'b c t h w -> (b h w) t c'.
         let x5 = x.reshape((b, frames, c, h, w))?.transpose(1, 2)?;
-        let normed = self.norm.forward(&x5.contiguous()?)?;
-        let mut y = normed
+        let normed = self.0.norm.forward(&x5.contiguous()?)?;
+        let tokens = normed
             .reshape((b, c, frames, h * w))?
             .permute((0, 3, 2, 1))?
             .reshape((b * h * w, frames, c))?;
-        y = self.proj_in.forward(&y)?;
-        for block in &self.transformer_blocks {
-            y = block.forward(&y, None)?;
-        }
-        y = self.proj_out.forward(&y)?;
+        let y = self.0.run_blocks(&tokens, None)?;
         // '(b h w) t c -> (b t) c h w'
         let y = y
             .reshape((b, h * w, frames, c))?
