@@ -470,7 +470,9 @@ mod tests {
                     let waiting: Vec<JobId> = s.order().into_iter().map(|(id, _)| id).collect();
                     let waiting_set: HashSet<JobId> = waiting.iter().copied().collect();
                     prop_assert_eq!(waiting.len(), waiting_set.len(), "duplicate in queue");
-                    prop_assert!(s.waiting_len() <= 8);
+                    // A requeued running job may take the queue one over the cap: it is never
+                    // dropped for want of room.
+                    prop_assert!(s.waiting_len() <= 8 + 1);
                     for (i, id) in waiting.iter().enumerate() {
                         prop_assert_eq!(s.position(*id), Some(i + 1));
                     }
