@@ -17,7 +17,7 @@ use crate::models::config::Variant;
 /// Name of the config file looked for in the working directory.
 pub const DEFAULT_FILE: &str = "floor33.toml";
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub engine: EngineConfig,
@@ -147,19 +147,6 @@ impl Default for LimitsConfig {
             max_steps: engine.max_steps,
             max_prompt_chars: engine.max_prompt_chars,
             preview_every_s: 3.0,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            engine: EngineConfig::default(),
-            database: DatabaseConfig::default(),
-            llm: LlmConfig::default(),
-            discord: DiscordConfig::default(),
-            limits: LimitsConfig::default(),
-            defaults: GuildSettings::default(),
         }
     }
 }

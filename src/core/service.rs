@@ -158,6 +158,9 @@ pub struct ServiceConfig {
     pub encode: EncodeOptions,
     /// Longest wait for one `job_update`, so a stuck transport cannot stall the GPU.
     pub notify_timeout: Duration,
+    /// Longest wait at shutdown for deliveries in flight; the rest are delivered at the next
+    /// start.
+    pub shutdown_grace: Duration,
 }
 
 impl ServiceConfig {
@@ -175,6 +178,7 @@ impl ServiceConfig {
             preview_max_side: 512,
             encode: EncodeOptions::default(),
             notify_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -553,7 +557,9 @@ impl JobService {
 
     /// Cancels a waiting job (removed at once) or a running one (stops at its next step).
     pub async fn cancel(&self, id: JobId, by: Canceller) -> Result<CancelOutcome, CancelError> {
-        let record = match self.inner.state.lock().unwrap().active.get(&id).cloned() {
+        // Bound first: a guard in the `match` scrutinee would live across the await below.
+        let active = self.inner.state.lock().unwrap().active.get(&id).cloned();
+        let record = match active {
             Some(r) => r,
             None => {
                 let found = self
@@ -761,8 +767,7 @@ impl JobService {
         let old = next.get(key);
         next.set(key, value, &self.bounds())?;
         let new = next.get(key);
-        self.save_setting(guild, user, key, "set", old, new, Some(next))
-            .await
+        self.save_setting(guild, user, key, "set", old, new).await
     }
 
     /// Returns `key` to the operator's default in `guild`.
@@ -778,11 +783,9 @@ impl JobService {
         let mut next = current;
         next.set(key, &self.inner.config.defaults.get(key), &self.bounds())?;
         let new = next.get(key);
-        self.save_setting(guild, user, key, "reset", old, new, Some(next))
-            .await
+        self.save_setting(guild, user, key, "reset", old, new).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn save_setting(
         &self,
         guild: u64,
@@ -791,7 +794,6 @@ impl JobService {
         action: &str,
         old: String,
         new: String,
-        next: Option<GuildSettings>,
     ) -> Result<SettingChange, SettingError> {
         let entry = AuditEntry {
             guild_id: guild,
@@ -808,14 +810,9 @@ impl JobService {
             .call(move |s| s.change_setting(&entry, value.as_deref()))
             .await
             .map_err(storage)?;
-        if let Some(next) = next {
-            self.inner
-                .state
-                .lock()
-                .unwrap()
-                .settings
-                .insert(guild, next);
-        }
+        // Dropped rather than replaced: two concurrent changes each hold a copy missing the
+        // other's key; the next read rebuilds from the store, which has both.
+        self.inner.state.lock().unwrap().settings.remove(&guild);
         tracing::info!(guild, user, key = key.name(), %old, %new, action, "guild setting changed");
         Ok(SettingChange { key, old, new })
     }
@@ -868,16 +865,25 @@ impl JobService {
                 tracing::error!(error = %e, "job runner ended badly");
             }
         }
-        loop {
-            let next = {
-                let mut set = self.inner.deliveries.lock().unwrap();
-                if set.is_empty() {
-                    break;
-                }
-                // Take one out so the lock is not held across the wait.
-                std::mem::take(&mut *set)
-            };
-            next.join_all().await;
+        let drain = async {
+            loop {
+                let in_flight = {
+                    let mut set = self.inner.deliveries.lock().unwrap();
+                    if set.is_empty() {
+                        break;
+                    }
+                    // Taken out so that the lock is not held across the wait.
+                    std::mem::take(&mut *set)
+                };
+                in_flight.join_all().await;
+            }
+        };
+        if tokio::time::timeout(self.inner.config.shutdown_grace, drain)
+            .await
+            .is_err()
+        {
+            // Dropping the set aborted them; they stay undelivered for the next start.
+            tracing::warn!("deliveries still in flight at shutdown were abandoned");
         }
         tracing::info!("job service stopped");
     }
@@ -935,21 +941,33 @@ async fn run_loop(inner: Arc<Inner>) {
         }
         let next = {
             let mut state = inner.state.lock().unwrap();
-            let id = state.scheduler.start_next();
-            if let Some(id) = id {
-                state.running = Some(RunningJob {
-                    id,
-                    progress: None,
-                    stop: None,
-                    engine_cancel: None,
-                    woken: Arc::new(Notify::new()),
-                });
+            match state.scheduler.start_next() {
+                None => None,
+                Some(id) => match state.active.get(&id).cloned() {
+                    Some(job) => {
+                        state.running = Some(RunningJob {
+                            id,
+                            progress: None,
+                            stop: None,
+                            engine_cancel: None,
+                            woken: Arc::new(Notify::new()),
+                        });
+                        Some(job)
+                    }
+                    None => {
+                        // Cannot happen (every queued id has a record); never wedge the queue.
+                        tracing::error!(job = %id, "queued job without a record skipped");
+                        state.scheduler.finish(id);
+                        continue;
+                    }
+                },
             }
-            id.and_then(|id| state.active.get(&id).cloned())
         };
         match next {
             Some(job) => {
-                inner.broadcast_positions().await;
+                // Everyone behind moved up one; tell them without holding up the GPU.
+                let positions = inner.clone();
+                tokio::spawn(async move { positions.broadcast_positions().await });
                 inner.run_job(job).await;
             }
             None => {
@@ -964,7 +982,7 @@ async fn run_loop(inner: Arc<Inner>) {
 
 /// How a run ended.
 enum Ending {
-    Done(JobRecord),
+    Done(Box<JobRecord>),
     Failed(String),
     Cancelled(u64),
     Requeue,
@@ -1030,7 +1048,7 @@ impl Inner {
         }
         job.finished_at = Some(now);
         match ending {
-            Ending::Done(done) => self.spawn_delivery(done),
+            Ending::Done(done) => self.spawn_delivery(*done),
             Ending::Failed(error) => {
                 job.state = JobState::Failed;
                 job.error = Some(error.clone());
@@ -1154,7 +1172,7 @@ impl Inner {
         done.steps_run = Some(generated.steps_run);
         done.prompt_truncated = generated.prompt_truncated;
         done.finished_at = Some(SystemTime::now());
-        Ending::Done(done)
+        Ending::Done(Box::new(done))
     }
 
     /// Runs the expander unless stopped meanwhile; `Some` when the job must end instead.

@@ -198,20 +198,23 @@ impl GuildSettings {
         Ok(())
     }
 
-    /// Applies stored overrides over `self` (the defaults). One that no longer fits (a model
+    /// Applies stored overrides over `self` (the defaults). One that no longer parses (a model
     /// the operator stopped loading, a tightened limit) is skipped with a warning rather than
-    /// making the guild unusable.
+    /// making the guild unusable. All are applied before the cross-key rule, so the order of
+    /// the keys does not matter.
     pub fn with_overrides(
         mut self,
         overrides: &[(String, String)],
         bounds: &SettingsBounds,
     ) -> GuildSettings {
         for (name, value) in overrides {
-            let result = SettingKey::parse(name).and_then(|key| self.set(key, value, bounds));
+            let result =
+                SettingKey::parse(name).and_then(|key| self.parse_into(key, value, bounds));
             if let Err(e) = result {
                 tracing::warn!(setting = %name, error = %e, "stored guild setting ignored");
             }
         }
+        self.default_steps = self.default_steps.min(self.max_steps);
         self
     }
 
@@ -467,6 +470,19 @@ mod tests {
         assert_eq!(s.blocked_word_in("a glass of red  wine"), Some("red wine"));
         s.set(SettingKey::BlockedWords, "none", &bounds()).unwrap();
         assert!(s.blocked_words.is_empty());
+    }
+
+    #[test]
+    fn stored_overrides_apply_in_any_order_and_stale_ones_are_skipped() {
+        let b = bounds();
+        let overrides = [
+            ("default_steps".to_string(), "150".to_string()),
+            ("max_steps".to_string(), "180".to_string()),
+            ("default_variant".to_string(), "t2v-1024".to_string()),
+        ];
+        let s = GuildSettings::default().with_overrides(&overrides, &b);
+        assert_eq!((s.default_steps, s.max_steps), (150, 180));
+        assert_eq!(s.default_variant, Variant::Vc2);
     }
 
     #[test]
