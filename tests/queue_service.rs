@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floor33::core::{
-    CancelError, CancelOutcome, Canceller, JobKind, JobService, JobState, JobUpdate, Refusal,
-    ServiceConfig, SettingError, ShutdownMode,
+    CancelError, CancelOutcome, Canceller, JobKind, JobService, JobSpec, JobState, JobUpdate,
+    Refusal, ServiceConfig, SettingError, ShutdownMode,
 };
 use floor33::engine::EngineHandle;
 use floor33::models::config::Variant;
@@ -392,6 +392,43 @@ async fn prompt_expansion_runs_before_generation_and_is_stored() {
     assert_eq!(
         notifier.deliveries.lock().unwrap()[0].1.prompt,
         "a lighthouse, cinematic lighting"
+    );
+    service.shutdown(ShutdownMode::Finish).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_to_video_job_runs_from_the_stored_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let service = start(dir.path(), &tiny_engine(), &notifier).await;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(60, 40, |x, y| image::Rgb([x as u8 * 4, y as u8 * 6, 200]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let spec = JobSpec {
+        kind: JobKind::ImageToVideo,
+        variant: Variant::TinyI2v,
+        image: Some(png.into_inner()),
+        ..tiny_spec("the clouds drift", 2)
+    };
+    let id = service
+        .submit(spec.clone(), origin(1, 11))
+        .await
+        .unwrap()
+        .id;
+    wait_until(120, "i2v delivery", || notifier.delivered() == vec![id]).await;
+    let (_, video) = notifier.deliveries.lock().unwrap()[0].clone();
+    assert_eq!((video.width, video.height, video.frames), (48, 32, 4));
+
+    // A corrupt image is refused at submit, with a reason the member can act on.
+    let corrupt = JobSpec {
+        image: Some(b"\x89PNG\r\n\x1a\nnot really".to_vec()),
+        ..spec
+    };
+    let refusal = service.submit(corrupt, origin(1, 12)).await.unwrap_err();
+    assert!(
+        refusal.to_string().to_lowercase().contains("image"),
+        "{refusal}"
     );
     service.shutdown(ShutdownMode::Finish).await;
 }

@@ -29,11 +29,13 @@ use super::settings::{
     self, AuditEntry, GuildSettings, SettingError, SettingKey, SettingView, SettingsBounds,
 };
 use super::store::{JobCounts, StoreError, StoreHandle};
+use crate::engine::image_input::{decode_image, ImageLimits};
 use crate::engine::{
     CancelToken, EngineError, EngineEvent, EngineHandle, GenerationRequest, JobOptions, Limits,
 };
 use crate::models::config::Variant;
 use crate::video::{encode_mp4, preview_png, EncodeOptions};
+use image::RgbImage;
 
 // ---------------------------------------------------------------------------------------------
 // What the adapter implements.
@@ -548,10 +550,17 @@ impl JobService {
         }
         // The engine's own checks (cfg, eta, fps, size), so that a bad request is refused now
         // rather than failing after its wait in the queue.
+        let image = match &spec.image {
+            Some(bytes) => Some(Arc::new(
+                decode_image(bytes, &ImageLimits::default())
+                    .map_err(|m| Refusal::Invalid(capitalise(&m)))?,
+            )),
+            None => None,
+        };
         self.inner
             .config
             .limits
-            .check(&request_for(spec), &spec.variant.config())
+            .check(&request_for(spec, image), &spec.variant.config())
             .map_err(|m| Refusal::Invalid(capitalise(&m)))
     }
 
@@ -914,7 +923,7 @@ fn capitalise(text: &str) -> String {
 }
 
 /// The engine request of a spec.
-fn request_for(spec: &JobSpec) -> GenerationRequest {
+fn request_for(spec: &JobSpec, image: Option<Arc<RgbImage>>) -> GenerationRequest {
     let mut req =
         GenerationRequest::with_defaults(spec.variant, spec.effective_prompt(), spec.seed);
     req.negative = spec.negative.clone().filter(|n| !n.trim().is_empty());
@@ -922,6 +931,7 @@ fn request_for(spec: &JobSpec) -> GenerationRequest {
     req.cfg = spec.cfg;
     req.eta = spec.eta;
     req.fps = spec.fps;
+    req.image = image;
     if let Some(shape) = spec.shape {
         req.height = shape.height;
         req.width = shape.width;
@@ -1069,12 +1079,31 @@ impl Inner {
         }
     }
 
+    /// The stored input image of an image-to-video job, decoded (it was validated at submit).
+    async fn input_image(&self, id: JobId) -> Result<Arc<RgbImage>, String> {
+        let bytes = self
+            .store
+            .call(move |s| s.job_image(id))
+            .await
+            .map_err(|e| format!("the input image could not be read back: {e}"))?
+            .ok_or_else(|| "the input image of this job is missing".to_string())?;
+        tokio::task::spawn_blocking(move || decode_image(&bytes, &ImageLimits::default()))
+            .await
+            .map_err(|e| format!("decoding the input image failed: {e}"))?
+            .map(Arc::new)
+    }
+
     /// Expansion, engine run and encode. Fills `job`'s result fields on success.
     async fn generate(self: &Arc<Self>, job: &mut JobRecord) -> Ending {
         let id = job.id;
-        if job.spec.kind == JobKind::ImageToVideo {
-            return Ending::Failed("image-to-video is not available in this build yet".into());
-        }
+        let image = if job.spec.kind == JobKind::ImageToVideo {
+            match self.input_image(id).await {
+                Ok(image) => Some(image),
+                Err(message) => return Ending::Failed(message),
+            }
+        } else {
+            None
+        };
         if job.spec.expand && job.spec.expanded_prompt.is_none() {
             if let Some(ending) = self.expand(job).await {
                 return ending;
@@ -1084,7 +1113,7 @@ impl Inner {
             return ending;
         }
 
-        let request = request_for(&job.spec);
+        let request = request_for(&job.spec, image);
         let handle = self.engine.submit(
             request,
             JobOptions {
@@ -1329,7 +1358,7 @@ impl Inner {
             }
             Err(e) => return tracing::error!(job = %id, error = %e, "delivery task failed"),
         };
-        let shape = request_for(&job.spec);
+        let shape = request_for(&job.spec, None);
         let video = DeliveredVideo {
             mp4,
             path,

@@ -100,15 +100,14 @@ impl PromptExpander for SuffixExpander {
     }
 }
 
-/// The tiny random-weight model on the CPU.
+/// The tiny random-weight models (text- and image-to-video) on the CPU.
 pub fn tiny_engine() -> EngineHandle {
     EngineHandle::spawn(
         || {
-            Ok(vec![Pipeline::random(
-                ModelConfig::tiny(),
-                &Device::Cpu,
-                DType::F32,
-            )?])
+            Ok(vec![
+                Pipeline::random(ModelConfig::tiny(), &Device::Cpu, DType::F32)?,
+                Pipeline::random(ModelConfig::tiny_i2v(), &Device::Cpu, DType::F32)?,
+            ])
         },
         Limits::default(),
     )
