@@ -1,0 +1,3 @@
+//! The transport-agnostic core: jobs, queue, settings, store, and the steps of a job.
+
+pub mod expand;
