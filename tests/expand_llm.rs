@@ -6,10 +6,7 @@ mod support;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use floor33::core::expand::{
-    ApiKey, ExpandArgs, ExpandKind, ExpandOutcome, ExpanderConfig, PromptExpander,
-};
+use floor33::core::expand::{ApiKey, ExpandKind, ExpanderConfig, Expansion, LlmExpander};
 use floor33::models::tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 use support::fake_llm::{FakeLlm, Reply};
 
@@ -30,14 +27,14 @@ fn config(fake: &FakeLlm) -> ExpanderConfig {
     cfg
 }
 
-fn expander(cfg: ExpanderConfig) -> PromptExpander {
-    PromptExpander::new(cfg, tokenizer()).unwrap()
+fn expander(cfg: ExpanderConfig) -> LlmExpander {
+    LlmExpander::new(cfg, tokenizer()).unwrap()
 }
 
 /// Asserts a fallback whose log cause mentions `cause` and whose member line is one line.
-fn assert_fallback(outcome: &ExpandOutcome, cause: &str) {
+fn assert_fallback(outcome: &Expansion, cause: &str) {
     match outcome {
-        ExpandOutcome::Fallback {
+        Expansion::Fallback {
             reason_for_user,
             cause_for_log,
         } => {
@@ -84,7 +81,7 @@ async fn expands_and_sends_the_member_text_only_as_user_content() {
 
     assert_eq!(
         outcome,
-        ExpandOutcome::Expanded {
+        Expansion::Expanded {
             text: "A ginger cat riding a turquoise wave at sunset".into(),
             original: MEMBER.into(),
         }
@@ -278,41 +275,4 @@ async fn long_answer_is_trimmed_to_the_clip_window_at_a_word_boundary() {
     let rest = &normalised[text.len()..];
     assert!(rest.starts_with(' ') || rest.starts_with(", "), "{rest}");
     assert!(text.split(' ').count() > 20, "trimmed far too much: {text}");
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    expand: ExpandArgs,
-}
-
-#[test]
-fn no_endpoint_means_expansion_is_unavailable() {
-    let cli = Cli::parse_from(["floor33"]);
-    if std::env::var_os("FLOOR33_LLM_URL").is_none() {
-        assert!(cli.expand.config().unwrap().is_none());
-    }
-    let cli = Cli::parse_from(["floor33", "--llm-url", "http://localhost:11434/v1"]);
-    if std::env::var_os("FLOOR33_LLM_MODEL").is_none() {
-        assert!(
-            cli.expand.config().is_err(),
-            "a URL without a model is a config error"
-        );
-    }
-    let cli = Cli::parse_from([
-        "floor33",
-        "--llm-url",
-        "http://localhost:11434/v1",
-        "--llm-model",
-        "llama3",
-        "--llm-timeout",
-        "2.5",
-    ]);
-    let cfg = cli.expand.config().unwrap().unwrap();
-    assert_eq!(cfg.model, "llama3");
-    assert_eq!(cfg.timeout, Duration::from_millis(2500));
-    assert!(matches!(
-        ExpandOutcome::unavailable(),
-        ExpandOutcome::Fallback { .. }
-    ));
 }

@@ -3,7 +3,7 @@
 //! chat-completions endpoint (Ollama, vLLM, llama.cpp's server, OpenAI).
 //!
 //! Expansion is a nicety, never a reason for a job to fail: every failure becomes
-//! [`ExpandOutcome::Fallback`], with one line for the member and the cause for the operator's
+//! [`Expansion::Fallback`], with one line for the member and the cause for the operator's
 //! log, and the job runs on the original prompt. The member's text is only ever sent as a
 //! user message, so it cannot rewrite the instruction. The reply is cleaned of chat habits
 //! (quotes, markdown, "Here is…") and cut to the CLIP text window, because the encoder would
@@ -44,7 +44,7 @@ pub enum ExpandKind {
 
 /// What the job should run on. Never an error: a failed expansion is a `Fallback`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExpandOutcome {
+pub enum Expansion {
     /// `text` is cleaned and fits the CLIP window; `original` is the member's prompt as given.
     Expanded { text: String, original: String },
     /// Use the original prompt. `reason_for_user` is one line for the member,
@@ -55,10 +55,10 @@ pub enum ExpandOutcome {
     },
 }
 
-impl ExpandOutcome {
+impl Expansion {
     /// Answer for a member who asked for expansion where no endpoint is configured.
     pub fn unavailable() -> Self {
-        ExpandOutcome::Fallback {
+        Expansion::Fallback {
             reason_for_user:
                 "Prompt expansion is not available here; your prompt was used as written."
                     .to_string(),
@@ -69,8 +69,8 @@ impl ExpandOutcome {
     /// The prompt the engine should receive.
     pub fn prompt<'a>(&'a self, original: &'a str) -> &'a str {
         match self {
-            ExpandOutcome::Expanded { text, .. } => text,
-            ExpandOutcome::Fallback { .. } => original,
+            Expansion::Expanded { text, .. } => text,
+            Expansion::Fallback { .. } => original,
         }
     }
 }
@@ -139,68 +139,6 @@ impl ExpanderConfig {
             cache_ttl: Duration::from_secs(600),
             cache_capacity: 256,
         }
-    }
-}
-
-/// Command-line / environment options; flatten into the serving command.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ExpandArgs {
-    /// Base URL of an OpenAI-compatible API (e.g. http://localhost:11434/v1). Without it
-    /// prompt expansion is off.
-    #[arg(long, env = "FLOOR33_LLM_URL")]
-    pub llm_url: Option<String>,
-    /// Model name passed to the endpoint (required with --llm-url).
-    #[arg(long, env = "FLOOR33_LLM_MODEL")]
-    pub llm_model: Option<String>,
-    /// Name of the environment variable holding the API key; the key itself is never taken
-    /// on the command line, where it would show in process listings.
-    #[arg(
-        long,
-        env = "FLOOR33_LLM_API_KEY_ENV",
-        default_value = "FLOOR33_LLM_API_KEY"
-    )]
-    pub llm_api_key_env: String,
-    /// Seconds allowed for one expansion request.
-    #[arg(long, env = "FLOOR33_LLM_TIMEOUT", default_value_t = 15.0)]
-    pub llm_timeout: f64,
-    #[arg(long, env = "FLOOR33_LLM_TEMPERATURE", default_value_t = 0.7)]
-    pub llm_temperature: f32,
-    #[arg(long, env = "FLOOR33_LLM_MAX_TOKENS", default_value_t = 200)]
-    pub llm_max_tokens: u32,
-    /// Directory with expand_t2v.txt / expand_i2v.txt (built-in wording if absent).
-    #[arg(long, env = "FLOOR33_PROMPTS_DIR", default_value = "prompts")]
-    pub prompts_dir: PathBuf,
-}
-
-impl ExpandArgs {
-    /// `None` when no endpoint is configured.
-    pub fn config(&self) -> Result<Option<ExpanderConfig>> {
-        let Some(url) = self
-            .llm_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-        else {
-            return Ok(None);
-        };
-        let Some(model) = self
-            .llm_model
-            .as_deref()
-            .map(str::trim)
-            .filter(|m| !m.is_empty())
-        else {
-            bail!("--llm-url is set but --llm-model is not");
-        };
-        if !(self.llm_timeout.is_finite() && self.llm_timeout > 0.0) {
-            bail!("--llm-timeout must be a positive number of seconds");
-        }
-        let mut cfg = ExpanderConfig::new(url, model);
-        cfg.api_key = ApiKey::from_env(&self.llm_api_key_env);
-        cfg.timeout = Duration::from_secs_f64(self.llm_timeout);
-        cfg.temperature = self.llm_temperature;
-        cfg.max_tokens = self.llm_max_tokens;
-        cfg.prompts_dir = Some(self.prompts_dir.clone());
-        Ok(Some(cfg))
     }
 }
 
@@ -321,7 +259,7 @@ impl ExpandPrompts {
 }
 
 /// Calls the endpoint, cleans the answer, caches it. Build one per process and share it.
-pub struct PromptExpander {
+pub struct LlmExpander {
     client: reqwest::Client,
     endpoint: String,
     config: ExpanderConfig,
@@ -330,16 +268,16 @@ pub struct PromptExpander {
     cache: Mutex<ExpansionCache>,
 }
 
-impl std::fmt::Debug for PromptExpander {
+impl std::fmt::Debug for LlmExpander {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PromptExpander")
+        f.debug_struct("LlmExpander")
             .field("endpoint", &self.endpoint)
             .field("model", &self.config.model)
             .finish_non_exhaustive()
     }
 }
 
-impl PromptExpander {
+impl LlmExpander {
     /// Loads the prompts from `config.prompts_dir` (built-in wording where absent).
     pub fn new(config: ExpanderConfig, tokenizer: Arc<ClipTokenizer>) -> Result<Self> {
         let prompts = ExpandPrompts::load(config.prompts_dir.as_deref())?;
@@ -362,7 +300,7 @@ impl PromptExpander {
             .context("building the HTTP client for prompt expansion")?;
         let endpoint = format!("{}/chat/completions", config.base_url.trim_end_matches('/'));
         let cache = Mutex::new(ExpansionCache::new(config.cache_ttl, config.cache_capacity));
-        Ok(PromptExpander {
+        Ok(LlmExpander {
             client,
             endpoint,
             config,
@@ -376,8 +314,8 @@ impl PromptExpander {
         &self.config
     }
 
-    /// Expands `prompt`; never fails (see [`ExpandOutcome`]).
-    pub async fn expand(&self, prompt: &str, kind: ExpandKind) -> ExpandOutcome {
+    /// Expands `prompt`; never fails (see [`Expansion`]).
+    pub async fn expand(&self, prompt: &str, kind: ExpandKind) -> Expansion {
         let key = prompt.trim();
         let result = if key.is_empty() {
             Err(ExpandError::EmptyPrompt)
@@ -392,7 +330,7 @@ impl PromptExpander {
             result
         };
         match result {
-            Ok(text) => ExpandOutcome::Expanded {
+            Ok(text) => Expansion::Expanded {
                 text,
                 original: prompt.to_string(),
             },
@@ -400,7 +338,7 @@ impl PromptExpander {
                 let cause = e.to_string();
                 tracing::warn!(?kind, endpoint = %self.endpoint, cause = %cause,
                     "prompt expansion failed; using the original prompt");
-                ExpandOutcome::Fallback {
+                Expansion::Fallback {
                     reason_for_user: e.reason_for_user(),
                     cause_for_log: cause,
                 }
@@ -1036,6 +974,13 @@ mod tests {
             c.get(ExpandKind::TextToVideo, "a", t0 + Duration::from_secs(2)),
             None
         );
+    }
+
+    #[test]
+    fn unavailable_keeps_the_original_prompt() {
+        let outcome = Expansion::unavailable();
+        assert!(matches!(outcome, Expansion::Fallback { .. }));
+        assert_eq!(outcome.prompt("a cat"), "a cat");
     }
 
     #[test]
