@@ -276,3 +276,38 @@ async fn long_answer_is_trimmed_to_the_clip_window_at_a_word_boundary() {
     assert!(rest.starts_with(' ') || rest.starts_with(", "), "{rest}");
     assert!(text.split(' ').count() > 20, "trimmed far too much: {text}");
 }
+
+#[tokio::test]
+async fn plugs_into_the_job_service_as_its_prompt_expander() {
+    use floor33::core::{ExpandOutcome, JobKind, PromptExpander};
+
+    let fake = FakeLlm::start(Reply::Content("\"A cat on a surfboard\"".into())).await;
+    let exp: Arc<dyn PromptExpander> = Arc::new(expander(config(&fake)));
+    assert_eq!(
+        exp.expand(MEMBER, JobKind::TextToVideo).await,
+        ExpandOutcome::Expanded("A cat on a surfboard".into())
+    );
+    fake.set_reply(Reply::Status(500, "down".into()));
+    match exp.expand("another idea", JobKind::ImageToVideo).await {
+        ExpandOutcome::Unchanged { reason } => assert!(reason.contains("used as written")),
+        other => panic!("expected Unchanged, got {other:?}"),
+    }
+    assert!(fake.requests()[1].body["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("image-to-video"));
+}
+
+#[test]
+fn config_section_without_an_endpoint_turns_expansion_off() {
+    let off = floor33::config::Config::from_toml("").unwrap();
+    assert!(ExpanderConfig::from_llm_config(&off).unwrap().is_none());
+    let on = floor33::config::Config::from_toml(
+        "[llm]\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodel = \"llama3\"\ntimeout_s = 3\n",
+    )
+    .unwrap();
+    let cfg = ExpanderConfig::from_llm_config(&on).unwrap().unwrap();
+    assert_eq!(cfg.model, "llama3");
+    assert_eq!(cfg.timeout, Duration::from_secs(3));
+    assert!(cfg.api_key.is_none());
+}

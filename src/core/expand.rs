@@ -831,6 +831,63 @@ fn fit_clip_window(tokenizer: &ClipTokenizer, text: &str) -> Option<String> {
     Some(trimmed.trim_end().to_string())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Plugging into the job service.
+
+impl From<crate::core::JobKind> for ExpandKind {
+    fn from(kind: crate::core::JobKind) -> Self {
+        match kind {
+            crate::core::JobKind::TextToVideo => ExpandKind::TextToVideo,
+            crate::core::JobKind::ImageToVideo => ExpandKind::ImageToVideo,
+        }
+    }
+}
+
+impl From<Expansion> for crate::core::ExpandOutcome {
+    fn from(expansion: Expansion) -> Self {
+        match expansion {
+            Expansion::Expanded { text, .. } => crate::core::ExpandOutcome::Expanded(text),
+            // The cause is already logged by `LlmExpander::expand`; the service shows `reason`.
+            Expansion::Fallback {
+                reason_for_user, ..
+            } => crate::core::ExpandOutcome::Unchanged {
+                reason: reason_for_user,
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::core::PromptExpander for LlmExpander {
+    async fn expand(&self, prompt: &str, kind: crate::core::JobKind) -> crate::core::ExpandOutcome {
+        // Inherent method (takes precedence over this trait method).
+        LlmExpander::expand(self, prompt, kind.into()).await.into()
+    }
+}
+
+impl ExpanderConfig {
+    /// From the operator's `[llm]` section; `None` when no endpoint is set (expansion off).
+    /// Prompts are read from `prompts/` in the working directory, built-in wording if absent.
+    pub fn from_llm_config(config: &crate::config::Config) -> Result<Option<Self>> {
+        let llm = &config.llm;
+        let Some(base_url) = llm
+            .base_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        else {
+            return Ok(None);
+        };
+        let mut cfg = ExpanderConfig::new(base_url, llm.model.clone());
+        cfg.api_key = config.llm_api_key()?.map(|k| ApiKey::new(k.expose()));
+        cfg.timeout = Duration::from_secs(llm.timeout_s);
+        cfg.temperature = llm.temperature as f32;
+        cfg.max_tokens = llm.max_tokens;
+        cfg.prompts_dir = Some(PathBuf::from("prompts"));
+        Ok(Some(cfg))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,3 +3,4 @@
 
 pub mod fake_llm;
 pub mod golden;
+pub mod job_fakes;
