@@ -1,6 +1,7 @@
 //! The transport-agnostic core: jobs, the fair queue, per-guild settings, the store, and the
 //! service that runs a job's life between the transport adapter and the engine.
 
+pub mod expand;
 pub mod jobs;
 pub mod refusal;
 pub mod scheduler;

@@ -1,5 +1,6 @@
 //! Shared test helpers (fixtures, fakes). Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
