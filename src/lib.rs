@@ -4,6 +4,7 @@
 //! (pipelines → models, sampler) → video → core → Discord adapter.
 
 pub mod cli;
+pub mod discord;
 pub mod engine;
 pub mod models;
 pub mod sampler;

@@ -1,4 +1,5 @@
 //! Shared test helpers (fixtures, fakes). Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod fake_discord;
 pub mod golden;
