@@ -4,6 +4,8 @@
 //! (pipelines → models, sampler) → video → core → Discord adapter.
 
 pub mod cli;
+pub mod config;
+pub mod core;
 pub mod discord;
 pub mod engine;
 pub mod models;

@@ -1,0 +1,439 @@
+//! Operator settings: `floor33.toml` (see `deploy/floor33.example.toml`), then `FLOOR33_*`
+//! environment variables over it. Secrets never live in the file: the bot token comes only from
+//! `DISCORD_TOKEN`, the LLM key from the variable `llm.api_key_env` names, and both are held in
+//! [`Secret`], whose `Debug` and `Display` print nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::core::service::ServiceConfig;
+use crate::core::settings::GuildSettings;
+use crate::engine::Limits;
+use crate::models::config::Variant;
+
+/// Name of the config file looked for in the working directory.
+pub const DEFAULT_FILE: &str = "floor33.toml";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub engine: EngineConfig,
+    pub database: DatabaseConfig,
+    pub llm: LlmConfig,
+    pub discord: DiscordConfig,
+    pub limits: LimitsConfig,
+    /// Guild settings for servers that changed nothing (and for direct messages).
+    pub defaults: GuildSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The models to load at start-up.
+    pub variants: Vec<VariantConfig>,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `auto`, `f32`, `f16` or `bf16`.
+    pub dtype: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    /// `t2v-1024`, `t2v-512`, `vc2`, `i2v` or `tiny`.
+    pub name: String,
+    /// Weight files; empty means the default download location.
+    #[serde(default)]
+    pub weights: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub path: PathBuf,
+    /// Where finished videos are kept; `results/` beside the database when absent.
+    pub results_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Prompt expansion is off without an endpoint.
+    pub base_url: Option<String>,
+    pub model: String,
+    /// The environment variable holding the API key (the key itself is never in the file).
+    pub api_key_env: Option<String>,
+    pub timeout_s: u64,
+    pub temperature: f64,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// Discord's REST base; a loopback fake Discord in tests.
+    pub api_base: String,
+    /// Commands are registered to this guild only (instant updates while developing).
+    pub dev_guild_id: Option<u64>,
+    /// Only here to refuse a token written into the file with a clear message.
+    #[serde(default)]
+    token: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most jobs waiting across the bot.
+    pub global_cap: usize,
+    pub max_steps: usize,
+    pub max_prompt_chars: usize,
+    /// Seconds between two progress previews; 0 for none.
+    pub preview_every_s: f64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            variants: vec![VariantConfig {
+                name: "vc2".into(),
+                weights: Vec::new(),
+            }],
+            device: "auto".into(),
+            dtype: "auto".into(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            path: PathBuf::from("floor33-data/floor33.db"),
+            results_dir: None,
+        }
+    }
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: None,
+            model: "gpt-4o-mini".into(),
+            api_key_env: None,
+            timeout_s: 20,
+            temperature: 0.7,
+            max_tokens: 200,
+        }
+    }
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        DiscordConfig {
+            api_base: "https://discord.com/api/v10".into(),
+            dev_guild_id: None,
+            token: None,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let engine = Limits::default();
+        LimitsConfig {
+            global_cap: 100,
+            max_steps: engine.max_steps,
+            max_prompt_chars: engine.max_prompt_chars,
+            preview_every_s: 3.0,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            engine: EngineConfig::default(),
+            database: DatabaseConfig::default(),
+            llm: LlmConfig::default(),
+            discord: DiscordConfig::default(),
+            limits: LimitsConfig::default(),
+            defaults: GuildSettings::default(),
+        }
+    }
+}
+
+/// A credential: usable through [`Secret::expose`], invisible in logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Config {
+    /// Reads `path` (or `./floor33.toml` when it exists, else the built-in defaults), applies
+    /// the `FLOOR33_*` environment and checks the result.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None if Path::new(DEFAULT_FILE).exists() => Self::from_file(Path::new(DEFAULT_FILE))?,
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        if config.discord.token.is_some() {
+            bail!("`discord.token` is not read from the file: put the bot token in the DISCORD_TOKEN environment variable");
+        }
+        Ok(config)
+    }
+
+    /// Overrides from the environment; `var` looks a variable up (the process environment in
+    /// [`Config::load`], a map in tests).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        fn parsed<T: std::str::FromStr>(name: &str, value: String) -> Result<T>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value
+                .trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{name}=`{value}` is not valid: {e}"))
+        }
+        if let Some(v) = var("FLOOR33_VARIANTS") {
+            self.engine.variants = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|name| VariantConfig {
+                    name: name.to_string(),
+                    weights: Vec::new(),
+                })
+                .collect();
+        }
+        if let Some(v) = var("FLOOR33_DEVICE") {
+            self.engine.device = v;
+        }
+        if let Some(v) = var("FLOOR33_DTYPE") {
+            self.engine.dtype = v;
+        }
+        if let Some(v) = var("FLOOR33_DATABASE_PATH") {
+            self.database.path = PathBuf::from(v);
+        }
+        if let Some(v) = var("FLOOR33_RESULTS_DIR") {
+            self.database.results_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = var("FLOOR33_LLM_BASE_URL") {
+            self.llm.base_url = Some(v).filter(|s| !s.trim().is_empty());
+        }
+        if let Some(v) = var("FLOOR33_LLM_MODEL") {
+            self.llm.model = v;
+        }
+        if let Some(v) = var("FLOOR33_LLM_API_KEY_ENV") {
+            self.llm.api_key_env = Some(v);
+        }
+        if let Some(v) = var("FLOOR33_LLM_TIMEOUT_S") {
+            self.llm.timeout_s = parsed("FLOOR33_LLM_TIMEOUT_S", v)?;
+        }
+        if let Some(v) = var("FLOOR33_LLM_TEMPERATURE") {
+            self.llm.temperature = parsed("FLOOR33_LLM_TEMPERATURE", v)?;
+        }
+        if let Some(v) = var("FLOOR33_LLM_MAX_TOKENS") {
+            self.llm.max_tokens = parsed("FLOOR33_LLM_MAX_TOKENS", v)?;
+        }
+        if let Some(v) = var("FLOOR33_DISCORD_API_BASE") {
+            self.discord.api_base = v;
+        }
+        if let Some(v) = var("FLOOR33_DEV_GUILD_ID") {
+            self.discord.dev_guild_id = Some(parsed("FLOOR33_DEV_GUILD_ID", v)?);
+        }
+        if let Some(v) = var("FLOOR33_GLOBAL_CAP") {
+            self.limits.global_cap = parsed("FLOOR33_GLOBAL_CAP", v)?;
+        }
+        Ok(())
+    }
+
+    /// Catches a bad value at start-up rather than at the first request.
+    pub fn validate(&self) -> Result<()> {
+        if self.engine.variants.is_empty() {
+            bail!("`engine.variants` is empty: name at least one model to load");
+        }
+        for v in &self.engine.variants {
+            Variant::parse(&v.name).context("in `engine.variants`")?;
+        }
+        if self.limits.global_cap == 0 {
+            bail!("`limits.global_cap` must be at least 1");
+        }
+        if !(0.0..=2.0).contains(&self.llm.temperature) {
+            bail!("`llm.temperature` must be between 0 and 2");
+        }
+        if self.llm.timeout_s == 0 {
+            bail!("`llm.timeout_s` must be at least 1");
+        }
+        let bounds = crate::core::settings::SettingsBounds {
+            limits: self.engine_limits(),
+            variants: self.variants()?,
+        };
+        // The defaults must be values a guild could set.
+        let mut check = self.defaults.clone();
+        for key in crate::core::settings::SettingKey::ALL {
+            check
+                .set(key, &self.defaults.get(key), &bounds)
+                .map_err(|e| anyhow::anyhow!("in `[defaults]`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn variants(&self) -> Result<Vec<Variant>> {
+        self.engine
+            .variants
+            .iter()
+            .map(|v| Variant::parse(&v.name))
+            .collect()
+    }
+
+    /// The engine's limits with the operator's overrides.
+    pub fn engine_limits(&self) -> Limits {
+        Limits {
+            max_steps: self.limits.max_steps,
+            max_prompt_chars: self.limits.max_prompt_chars,
+            ..Limits::default()
+        }
+    }
+
+    /// The job service's configuration.
+    pub fn service_config(&self) -> ServiceConfig {
+        let mut config = ServiceConfig::new(self.database.path.clone());
+        if let Some(dir) = &self.database.results_dir {
+            config.results_dir = dir.clone();
+        }
+        config.defaults = self.defaults.clone();
+        config.global_cap = self.limits.global_cap;
+        config.limits = self.engine_limits();
+        config.preview_every = (self.limits.preview_every_s > 0.0)
+            .then(|| Duration::from_secs_f64(self.limits.preview_every_s));
+        config
+    }
+
+    /// The bot token, from `DISCORD_TOKEN` only.
+    pub fn discord_token() -> Result<Secret> {
+        match std::env::var("DISCORD_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Ok(Secret(t.trim().to_string())),
+            _ => bail!("set the bot token in the DISCORD_TOKEN environment variable"),
+        }
+    }
+
+    /// The LLM API key, from the variable `llm.api_key_env` names (none when unset).
+    pub fn llm_api_key(&self) -> Result<Option<Secret>> {
+        let Some(name) = &self.llm.api_key_env else {
+            return Ok(None);
+        };
+        match std::env::var(name) {
+            Ok(key) if !key.trim().is_empty() => Ok(Some(Secret(key.trim().to_string()))),
+            _ => bail!("`llm.api_key_env` names {name}, which is not set"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let text = include_str!("../deploy/floor33.example.toml");
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.variants().unwrap(), vec![Variant::Vc2]);
+        assert_eq!(config.defaults.member_waiting_limit, 2);
+        assert_eq!(config.limits.global_cap, 100);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut config = Config::from_toml("[database]\npath = \"a.db\"\n").unwrap();
+        let env: HashMap<&str, &str> = [
+            ("FLOOR33_DATABASE_PATH", "/data/b.db"),
+            ("FLOOR33_DISCORD_API_BASE", "http://127.0.0.1:9999/api"),
+            ("FLOOR33_VARIANTS", "tiny, vc2"),
+            ("FLOOR33_DEV_GUILD_ID", "42"),
+            ("FLOOR33_LLM_TEMPERATURE", "0.2"),
+        ]
+        .into();
+        config
+            .apply_env(|k| env.get(k).map(|v| v.to_string()))
+            .unwrap();
+        assert_eq!(config.database.path, PathBuf::from("/data/b.db"));
+        assert_eq!(config.discord.api_base, "http://127.0.0.1:9999/api");
+        assert_eq!(
+            config.variants().unwrap(),
+            vec![Variant::Tiny, Variant::Vc2]
+        );
+        assert_eq!(config.discord.dev_guild_id, Some(42));
+        assert_eq!(config.llm.temperature, 0.2);
+        assert_eq!(
+            config.service_config().results_dir,
+            PathBuf::from("/data/results")
+        );
+        let bad = config.apply_env(|k| (k == "FLOOR33_GLOBAL_CAP").then(|| "lots".to_string()));
+        assert!(bad.unwrap_err().to_string().contains("FLOOR33_GLOBAL_CAP"));
+    }
+
+    #[test]
+    fn a_token_in_the_file_is_refused_and_secrets_never_print() {
+        let err = Config::from_toml("[discord]\ntoken = \"abc\"\n").unwrap_err();
+        assert!(err.to_string().contains("DISCORD_TOKEN"), "{err}");
+        let secret = Secret::new("abc.def");
+        assert_eq!(
+            format!("{secret:?} {secret}"),
+            "Secret(<redacted>) <redacted>"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_caught_at_start_up() {
+        let err = Config::from_toml("[defaults]\nmax_steps = 5000\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("max_steps"), "{err:#}");
+        let err = Config::from_toml("[[engine.variants]]\nname = \"vc3\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
+        assert!(Config::from_toml("[engine]\ncolour = 1\n").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! What a job is: the request a member made (`JobSpec`), where it came from (`Origin`), and what
+//! became of it (`JobRecord`). Plain data shared by the store, the scheduler and the service; it
+//! knows nothing of Discord beyond the ids the adapter needs to answer in the right place.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::config::Variant;
+
+/// A job's number: the database row id, so it is unique across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobKind {
+    TextToVideo,
+    ImageToVideo,
+}
+
+impl JobKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::TextToVideo => "text-to-video",
+            JobKind::ImageToVideo => "image-to-video",
+        }
+    }
+}
+
+/// Output size; `None` in a spec means the model's own default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoShape {
+    pub height: usize,
+    pub width: usize,
+    pub frames: usize,
+}
+
+/// Everything needed to run the job again after a restart.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    #[serde(with = "variant_name")]
+    pub variant: Variant,
+    /// What the member typed.
+    pub prompt: String,
+    /// The prompt-expansion result, once the expansion step ran.
+    pub expanded_prompt: Option<String>,
+    pub negative: Option<String>,
+    pub seed: u64,
+    pub steps: usize,
+    pub cfg: f64,
+    pub eta: f64,
+    pub fps: u32,
+    /// Ask the prompt expander to enrich the prompt before generating.
+    pub expand: bool,
+    /// Output size override; `None` uses the model's default (tests use tiny shapes).
+    #[serde(default)]
+    pub shape: Option<VideoShape>,
+    /// The input image (PNG/JPEG/WebP bytes) of an image-to-video job. Stored apart from the
+    /// spec (see the store), so it is skipped here.
+    #[serde(skip)]
+    pub image: Option<Vec<u8>>,
+}
+
+impl JobSpec {
+    /// The prompt the model sees: the expansion when there is one.
+    pub fn effective_prompt(&self) -> &str {
+        self.expanded_prompt.as_deref().unwrap_or(&self.prompt)
+    }
+}
+
+// Hand-written so a 10 MB image does not flood a log line.
+impl fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("kind", &self.kind)
+            .field("variant", &self.variant)
+            .field("prompt", &self.prompt)
+            .field("expanded_prompt", &self.expanded_prompt)
+            .field("negative", &self.negative)
+            .field("seed", &self.seed)
+            .field("steps", &self.steps)
+            .field("cfg", &self.cfg)
+            .field("eta", &self.eta)
+            .field("fps", &self.fps)
+            .field("expand", &self.expand)
+            .field("shape", &self.shape)
+            .field(
+                "image",
+                &self.image.as_ref().map(|i| format!("{} bytes", i.len())),
+            )
+            .finish()
+    }
+}
+
+/// Where a job came from and where its answers go. The interaction token lets the adapter edit
+/// the original reply for 15 minutes; it is a credential, so `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub guild_id: Option<u64>,
+    pub channel_id: u64,
+    pub user_id: u64,
+    pub interaction_id: u64,
+    pub interaction_token: String,
+    pub application_id: u64,
+    /// The message holding the job's progress, once the adapter knows it.
+    pub message_id: Option<u64>,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("guild_id", &self.guild_id)
+            .field("channel_id", &self.channel_id)
+            .field("user_id", &self.user_id)
+            .field("interaction_id", &self.interaction_id)
+            .field("interaction_token", &"<redacted>")
+            .field("application_id", &self.application_id)
+            .field("message_id", &self.message_id)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Done,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// No further state change will happen (delivery aside).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A job as the store knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: JobId,
+    /// `image` is not loaded here (see [`crate::core::store::Store::job_image`]).
+    pub spec: JobSpec,
+    pub origin: Origin,
+    pub state: JobState,
+    /// Fair-queueing round (see the scheduler); with `id`, the job's place in the queue.
+    pub round: u64,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    /// Why it failed (or who cancelled it), in words for the member.
+    pub error: Option<String>,
+    /// The encoded MP4 of a done job.
+    pub result_path: Option<std::path::PathBuf>,
+    pub steps_run: Option<usize>,
+    pub prompt_truncated: bool,
+    /// The notifier confirmed the delivery (or it was given up for good).
+    pub delivered: bool,
+}
+
+impl JobRecord {
+    /// Run time of a finished job.
+    pub fn run_time(&self) -> Option<Duration> {
+        self.finished_at?.duration_since(self.started_at?).ok()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the store's time format.
+pub fn to_millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn from_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+pub(crate) mod variant_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::models::config::Variant;
+
+    pub fn serialize<S: Serializer>(v: &Variant, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Variant, D::Error> {
+        let name = String::deserialize(d)?;
+        Variant::parse(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_debug_redacts_the_token() {
+        let origin = Origin {
+            guild_id: Some(1),
+            channel_id: 2,
+            user_id: 3,
+            interaction_id: 4,
+            interaction_token: "very-secret-token".into(),
+            application_id: 5,
+            message_id: None,
+        };
+        let text = format!("{origin:?}");
+        assert!(!text.contains("very-secret-token"), "{text}");
+        assert!(text.contains("redacted"));
+    }
+}
