@@ -73,6 +73,17 @@ pub struct FittedVideo {
     next_rung: usize,
 }
 
+impl FittedVideo {
+    /// A file sent as it is.
+    pub fn unchanged(bytes: Vec<u8>) -> Self {
+        FittedVideo {
+            bytes,
+            reencodes: 0,
+            next_rung: 0,
+        }
+    }
+}
+
 /// The largest file accepted under an interaction's `attachment_size_limit`.
 pub fn budget(attachment_size_limit: u64) -> u64 {
     (attachment_size_limit as f64 * MARGIN) as u64
@@ -82,11 +93,7 @@ pub fn budget(attachment_size_limit: u64) -> u64 {
 pub fn fit_file(path: &Path, limit: u64) -> Result<FittedVideo> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     if bytes.len() as u64 <= budget(limit) {
-        return Ok(FittedVideo {
-            bytes,
-            reencodes: 0,
-            next_rung: 0,
-        });
+        return Ok(FittedVideo::unchanged(bytes));
     }
     let frames = load_frames(path)?;
     fit_frames(&frames, budget(limit), 0)

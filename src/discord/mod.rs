@@ -5,8 +5,15 @@
 //! the notifier renders [`presenter`] views into throttled, token-age-aware message edits and
 //! finally the video, sized to fit the upload limit.
 
+pub mod bot;
 pub mod client;
+pub mod commands;
+pub mod components;
 pub mod deliver;
 pub mod download;
+pub mod notifier;
+pub mod presenter;
 pub mod throttle;
 pub mod token;
+
+pub use bot::{proxy_base, start, BotOptions, RunningBot};
