@@ -48,6 +48,7 @@ async fn serve(config: Config, token: String) -> Result<()> {
         dev_guild: config.discord.dev_guild_id,
         download: DownloadPolicy::default(),
         notifier: NotifierOptions::default(),
+        video_shape: None,
     };
     let mut bot = crate::discord::start(options, config.service_config(), engine, None).await?;
     tracing::info!("floor33 is serving; stop with Ctrl-C or SIGTERM");

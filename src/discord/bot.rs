@@ -12,6 +12,7 @@ use super::commands::{self, Invocation};
 use super::download::DownloadPolicy;
 use super::notifier::{DiscordNotifier, NotifierOptions};
 use super::{components, presenter};
+use crate::core::jobs::VideoShape;
 use crate::core::service::{JobService, PromptExpander, ServiceConfig, ShutdownMode};
 use crate::core::settings::SettingKey;
 use crate::engine::EngineHandle;
@@ -29,6 +30,8 @@ pub struct Data {
     pub download: DownloadPolicy,
     pub variants: Vec<Variant>,
     pub expand_available: bool,
+    /// Output size for every job, when not the model's own (see [`BotOptions::video_shape`]).
+    pub video_shape: Option<VideoShape>,
 }
 
 /// Everything the adapter needs from the operator's configuration.
@@ -42,6 +45,9 @@ pub struct BotOptions {
     pub dev_guild: Option<u64>,
     pub download: DownloadPolicy,
     pub notifier: NotifierOptions,
+    /// Make every video at this size instead of the model's default (small CPU deployments
+    /// and tests).
+    pub video_shape: Option<VideoShape>,
 }
 
 impl std::fmt::Debug for BotOptions {
@@ -170,6 +176,7 @@ pub async fn start(
         download: options.download.clone(),
         variants,
         expand_available,
+        video_shape: options.video_shape,
     });
 
     let shard_manager = client.shard_manager.clone();

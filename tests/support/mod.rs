@@ -1,5 +1,6 @@
 //! Shared test helpers (fixtures, fakes). Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod discord_bot;
 pub mod fake_discord;
 pub mod golden;

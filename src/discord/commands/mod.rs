@@ -108,8 +108,11 @@ impl Invocation {
 
 /// Submits a job for an interaction already deferred (non-ephemeral) and shows its first view;
 /// a refusal replaces the deferred reply with an ephemeral one.
-pub async fn submit(http: &Http, data: &Data, inv: &Invocation, spec: JobSpec) {
+pub async fn submit(http: &Http, data: &Data, inv: &Invocation, mut spec: JobSpec) {
     let origin = inv.origin();
+    if spec.shape.is_none() {
+        spec.shape = data.video_shape;
+    }
     match data.service.submit(spec.clone(), origin.clone()).await {
         Ok(submitted) => {
             data.notifier
