@@ -116,3 +116,63 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The first request about `token` that carries an MP4, once there is one.
+pub async fn wait_video(
+    fake: &FakeDiscord,
+    token: &str,
+    timeout: Duration,
+) -> super::fake_discord::Recorded {
+    fake.wait_for(timeout, "a video for the interaction", |r| {
+        r.path.contains(token)
+            && r.status == 200
+            && r.files.iter().any(|f| f.filename.ends_with(".mp4"))
+    })
+    .await
+}
+
+/// The ephemeral refusal sent for `token` (the deferred reply is deleted first).
+pub async fn wait_refusal(fake: &FakeDiscord, token: &str) -> String {
+    let r = fake
+        .wait_for(Duration::from_secs(30), "an ephemeral refusal", |r| {
+            r.method == "POST"
+                && r.path.ends_with(&format!("/{token}"))
+                && r.json.as_ref().is_some_and(|j| j["flags"] == 64)
+        })
+        .await;
+    assert!(
+        fake.requests_for(token)
+            .iter()
+            .any(|r| r.method == "DELETE"),
+        "the public placeholder is deleted"
+    );
+    r.content().to_string()
+}
+
+/// Waits until the job of `token` shows a running step ≥ `step`.
+pub async fn wait_running(fake: &FakeDiscord, token: &str, step: usize) {
+    fake.wait_until(Duration::from_secs(120), "the job to run", |f| {
+        f.requests_for(token).iter().any(|r| {
+            let c = r.content();
+            c.contains("Generating")
+                && c.split("step ")
+                    .nth(1)
+                    .and_then(|t| t.split(' ').next())
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n >= step)
+        })
+    })
+    .await;
+}
+
+/// The mp4 parts of every successful upload for `token` (or in the channel when `None`).
+pub fn videos(fake: &FakeDiscord, token: Option<&str>) -> Vec<super::fake_discord::Recorded> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| match token {
+            Some(t) => r.path.contains(t),
+            None => r.path.starts_with("/channels/"),
+        })
+        .filter(|r| r.status == 200 && r.files.iter().any(|f| f.filename.ends_with(".mp4")))
+        .collect()
+}

@@ -189,6 +189,11 @@ impl FakeDiscord {
         self.inner.store.lock().unwrap().resumes.clone()
     }
 
+    /// How many READY frames were sent (one per IDENTIFY).
+    pub fn ready_count(&self) -> usize {
+        self.inner.ready_sent.load(Ordering::SeqCst)
+    }
+
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
     }
@@ -228,7 +233,7 @@ impl FakeDiscord {
             .insert(token.to_string());
     }
 
-    /// Uploads with a file larger than `bytes` answer 413 (40005).
+    /// Uploads with an MP4 larger than `bytes` answer 413 (40005).
     pub fn set_max_file_bytes(&self, bytes: Option<usize>) {
         self.inner.faults.lock().unwrap().max_file_bytes = bytes;
     }
@@ -441,6 +446,16 @@ async fn rest(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .map(str::to_string);
     if let Some(name) = full_path.strip_prefix("/cdn/") {
         let file = inner.store.lock().unwrap().cdn.get(name).cloned();
+        inner.store.lock().unwrap().requests.push(Recorded {
+            at: Instant::now(),
+            method: "GET".into(),
+            path: full_path.clone(),
+            auth,
+            json: None,
+            files: vec![],
+            status: if file.is_some() { 200 } else { 404 },
+        });
+        inner.changed.notify_waiters();
         return match file {
             Some((ct, bytes)) => ([(header::CONTENT_TYPE, ct)], Body::from(bytes)).into_response(),
             None => StatusCode::NOT_FOUND.into_response(),
@@ -520,9 +535,10 @@ fn apply_edit(inner: &Inner, msg: &mut Value, body: Option<&Value>, files: &[Fil
     validate_message(msg);
 }
 
+/// Only videos count against the injected limit: the point is to exercise the re-encode.
 fn too_large(inner: &Inner, files: &[FilePart]) -> bool {
     let limit = inner.faults.lock().unwrap().max_file_bytes;
-    matches!(limit, Some(max) if files.iter().any(|f| f.bytes.len() > max))
+    matches!(limit, Some(max) if files.iter().any(|f| f.filename.ends_with(".mp4") && f.bytes.len() > max))
 }
 
 fn route(
