@@ -86,6 +86,8 @@ struct Store {
     messages: HashMap<u64, Value>,
     /// Interaction token → the id of its original response message.
     originals: HashMap<String, u64>,
+    /// Component interaction token → the message its button is on.
+    component_messages: HashMap<String, u64>,
     /// Interaction token → interaction id (for the message's interaction metadata).
     interactions: HashMap<String, u64>,
     cdn: HashMap<String, (String, Vec<u8>)>,
@@ -346,12 +348,11 @@ impl FakeDiscord {
         validate_interaction(&v);
         self.remember_interaction(id, &token);
         let message_id: u64 = message["id"].as_str().unwrap().parse().unwrap();
-        // A component's "original" is the message the button is on.
         self.inner
             .store
             .lock()
             .unwrap()
-            .originals
+            .component_messages
             .insert(token.clone(), message_id);
         let at = Instant::now();
         self.dispatch("INTERACTION_CREATE", v);
@@ -621,9 +622,16 @@ fn route(
                     store.messages.insert(id, m);
                     store.originals.insert(token, id);
                 }
+                // Deferred update: the component's message becomes the original.
+                6 => {
+                    if let Some(id) = store.component_messages.get(&token).copied() {
+                        store.originals.insert(token, id);
+                    }
+                }
                 // Update the component's message.
                 7 => {
-                    if let Some(id) = store.originals.get(&token).copied() {
+                    if let Some(id) = store.component_messages.get(&token).copied() {
+                        store.originals.insert(token.clone(), id);
                         let data = body.and_then(|b| b.get("data")).cloned();
                         let mut m = store.messages.get(&id).cloned().unwrap_or(json!({}));
                         apply_edit(inner, &mut m, data.as_ref(), files);
