@@ -162,8 +162,7 @@ async fn t2v_acks_fast_streams_progress_and_posts_a_decodable_mp4() {
     let last = fake
         .requests_for(&token)
         .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .last()
+        .rfind(|r| r.method == "PATCH")
         .unwrap();
     assert_eq!(last.at, done.at, "no edit after the video");
     stop(bot).await;

@@ -208,11 +208,7 @@ fn status_line(stage: &Stage) -> String {
 
 /// `▰▰▰▱▱▱▱▱▱▱`: ten segments.
 fn bar(step: usize, total: usize) -> String {
-    let filled = if total == 0 {
-        0
-    } else {
-        (step * 10 / total).min(10)
-    };
+    let filled = (step * 10).checked_div(total).unwrap_or(0).min(10);
     format!("{}{}", "▰".repeat(filled), "▱".repeat(10 - filled))
 }
 
@@ -325,4 +321,153 @@ pub fn truncate(text: &str, max: usize) -> String {
 /// The text of a refusal: one short line, for an ephemeral reply.
 pub fn refusal(text: &str) -> String {
     truncate(&format!("⚠️ {text}"), MAX_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::jobs::{JobSpec, JobState, Origin};
+    use crate::models::config::Variant;
+
+    fn job(prompt: &str) -> JobRecord {
+        JobRecord {
+            id: JobId(12),
+            spec: JobSpec {
+                kind: JobKind::TextToVideo,
+                variant: Variant::Vc2,
+                prompt: prompt.into(),
+                expanded_prompt: None,
+                negative: None,
+                seed: 42,
+                steps: 25,
+                cfg: 12.0,
+                eta: 1.0,
+                fps: 28,
+                expand: false,
+                shape: None,
+                image: None,
+            },
+            origin: Origin {
+                guild_id: Some(1),
+                channel_id: 2,
+                user_id: 3,
+                interaction_id: 4,
+                interaction_token: "t".into(),
+                application_id: 5,
+                message_id: None,
+            },
+            state: JobState::Queued,
+            round: 0,
+            created_at: std::time::SystemTime::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result_path: None,
+            steps_run: None,
+            prompt_truncated: false,
+            delivered: false,
+        }
+    }
+
+    #[test]
+    fn custom_ids_round_trip_and_reject_garbage() {
+        for a in [
+            Action::Cancel,
+            Action::Reroll,
+            Action::Remix,
+            Action::RemixSubmit,
+        ] {
+            assert_eq!(
+                parse_custom_id(&custom_id(a, JobId(77))),
+                Some((a, JobId(77)))
+            );
+        }
+        for bad in [
+            "v2:cancel:1",
+            "v1:explode:1",
+            "v1:cancel:x",
+            "v1:cancel:1:2",
+            "",
+        ] {
+            assert_eq!(parse_custom_id(bad), None, "{bad}");
+        }
+        assert!(custom_id(Action::RemixSubmit, JobId(i64::MAX)).len() <= 100);
+    }
+
+    #[test]
+    fn views_follow_the_job() {
+        let j = job("a cat surfing");
+        let q = render(&j, &Stage::Queued { position: 3 }, false, None);
+        assert_eq!(q.content, "⏳ Queued — position 3.");
+        assert_eq!(q.buttons.len(), 1);
+        assert_eq!(q.buttons[0].custom_id, "v1:cancel:12");
+        let r = render(
+            &j,
+            &Stage::Running {
+                step: 10,
+                total: 25,
+                elapsed: Duration::from_secs(14),
+                remaining: Duration::from_secs(21),
+                preview: true,
+            },
+            false,
+            None,
+        );
+        assert_eq!(
+            r.content,
+            "🎬 Generating — step 10 of 25 (40%) ▰▰▰▰▱▱▱▱▱▱ · 0:14 elapsed · about 0:21 left"
+        );
+        assert_eq!(r.embed.image.as_deref(), Some("attachment://preview.png"));
+        let d = render(
+            &j,
+            &Stage::Done {
+                generation: Duration::from_millis(42_100),
+            },
+            true,
+            Some("note"),
+        );
+        assert_eq!(d.content, "<@3> ✅ Done in 0:42.\n-# note");
+        let labels: Vec<_> = d.buttons.iter().map(|b| b.label).collect();
+        assert_eq!(labels, ["Re-roll", "Remix"]);
+        let names: Vec<_> = d.embed.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Seed",
+                "Steps",
+                "CFG",
+                "ETA",
+                "FPS",
+                "Variant",
+                "Generation time"
+            ]
+        );
+        assert_eq!(d.embed.fields[0].value, "42");
+        assert!(d.embed.footer.contains("#12"));
+    }
+
+    #[test]
+    fn long_text_fits_discord_limits() {
+        let mut j = job(&"word ".repeat(2000));
+        j.spec.expanded_prompt = Some("x".repeat(3000));
+        j.spec.negative = Some("n".repeat(3000));
+        let v = render(
+            &j,
+            &Stage::Failed {
+                reason: "e".repeat(5000),
+            },
+            true,
+            None,
+        );
+        assert!(v.content.chars().count() <= MAX_CONTENT);
+        assert!(v.embed.description.chars().count() <= MAX_DESCRIPTION);
+        assert!(v
+            .embed
+            .fields
+            .iter()
+            .all(|f| f.value.chars().count() <= MAX_FIELD));
+        assert!(embed_len(&v.embed) <= MAX_EMBED_TOTAL);
+        assert_eq!(truncate("abcdef", 4), "abc…");
+        assert_eq!(clock(Duration::from_secs(3725)), "1:02:05");
+    }
 }

@@ -782,9 +782,7 @@ async fn gateway(inner: Arc<Inner>, mut socket: WebSocket) {
                     Err(_) => continue,
                 };
                 match v["op"].as_u64() {
-                    Some(1) => {
-                        if !send(&mut socket, &json!({"op": 11, "d": null, "s": null, "t": null})).await { break; }
-                    }
+                    Some(1) if !send(&mut socket, &json!({"op": 11, "d": null, "s": null, "t": null})).await => break,
                     Some(2) => {
                         inner.store.lock().unwrap().identifies.push(v["d"].clone());
                         let seq = inner.seq.fetch_add(1, Ordering::SeqCst) + 1;
