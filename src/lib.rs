@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod discord;
 pub mod engine;
 pub mod models;
 pub mod sampler;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod serve;
 mod weights;
 
 use anyhow::Result;
@@ -29,6 +30,8 @@ pub enum Command {
     Weights(weights::WeightsCommand),
     /// Time one UNet forward and one full generation (random weights, any size).
     Bench(bench::BenchArgs),
+    /// Run the Discord bot (token from DISCORD_TOKEN).
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -36,6 +39,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(*args),
         Command::Weights(cmd) => weights::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 

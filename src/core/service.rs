@@ -566,7 +566,8 @@ impl JobService {
 
     /// Cancels a waiting job (removed at once) or a running one (stops at its next step).
     pub async fn cancel(&self, id: JobId, by: Canceller) -> Result<CancelOutcome, CancelError> {
-        // Bound first: a guard in the `match` scrutinee would live across the await below.
+        // Bound first: a guard in the match scrutinee would live across the await below and
+        // make this future !Send.
         let active = self.inner.state.lock().unwrap().active.get(&id).cloned();
         let record = match active {
             Some(r) => r,

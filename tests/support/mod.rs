@@ -1,6 +1,8 @@
 //! Shared test helpers (fixtures, fakes). Each test binary uses only part of it.
 #![allow(dead_code)]
 
+pub mod discord_bot;
+pub mod fake_discord;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;

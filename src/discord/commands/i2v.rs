@@ -1,0 +1,132 @@
+//! `/i2v`: image to video. The bot downloads the image itself (see `download`) right away,
+//! since Discord's signed attachment URLs expire.
+
+use super::{apply_options, refuse_deferred, submit, CommonOptions, Invocation};
+use crate::core::jobs::JobKind;
+use crate::discord::bot::{Context, Error};
+use crate::discord::download::{self, AttachmentMeta};
+
+/// Animate an image, guided by a text prompt.
+#[allow(clippy::too_many_arguments)]
+#[poise::command(slash_command)]
+pub async fn i2v(
+    ctx: Context<'_>,
+    #[description = "The image to animate (PNG, JPEG or WebP)"] image: serenity::all::Attachment,
+    #[description = "What happens in the video"]
+    #[max_length = 2000]
+    prompt: String,
+    #[description = "What to keep out of the video"]
+    #[max_length = 1000]
+    negative: Option<String>,
+    #[description = "Random seed: the same seed and settings make the same video"]
+    #[min = 0]
+    #[max = 9007199254740991_u64]
+    seed: Option<u64>,
+    #[description = "Sampling steps (more is slower and finer)"]
+    #[min = 1]
+    #[max = 200]
+    steps: Option<u32>,
+    #[description = "Guidance scale: how closely to follow the prompt"]
+    #[min = 1.0]
+    #[max = 30.0]
+    cfg: Option<f64>,
+    #[description = "DDIM eta: 0 deterministic, 1 more varied"]
+    #[min = 0.0]
+    #[max = 1.0]
+    eta: Option<f64>,
+    #[description = "Motion speed the model is conditioned on (frames per second)"]
+    #[min = 1]
+    #[max = 60]
+    fps: Option<u32>,
+    #[description = "Model to use"] variant: Option<String>,
+    #[description = "Let a language model enrich the prompt first"] expand: Option<bool>,
+) -> Result<(), Error> {
+    let Context::Application(actx) = ctx else {
+        return Ok(());
+    };
+    ctx.defer().await?;
+    let inv = Invocation::from_command(actx.interaction);
+    let data = ctx.data();
+    let http = ctx.serenity_context().http.clone();
+
+    let meta = AttachmentMeta {
+        filename: image.filename.clone(),
+        content_type: image.content_type.clone(),
+        size: u64::from(image.size),
+        url: image.url.clone(),
+    };
+    let downloaded = match download::fetch_image(&data.downloader, &meta, &data.download).await {
+        Ok(img) => img,
+        Err(e) => {
+            tracing::info!(filename = %meta.filename, error = ?e, "input image refused");
+            refuse_deferred(&http, &inv, &e.to_string()).await;
+            return Ok(());
+        }
+    };
+
+    let mut spec = match data
+        .service
+        .default_spec(inv.guild_id, JobKind::ImageToVideo, prompt)
+        .await
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read guild settings");
+            refuse_deferred(
+                &http,
+                &inv,
+                "The bot cannot read its settings right now. Try again in a moment.",
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    // The guild's default model makes videos from text; image-to-video has its own.
+    match data.variants.iter().find(|v| v.is_image_to_video()) {
+        Some(v) => spec.variant = *v,
+        None => {
+            refuse_deferred(
+                &http,
+                &inv,
+                "Image-to-video is not available on this bot: no image-to-video model is loaded.",
+            )
+            .await;
+            return Ok(());
+        }
+    }
+    let options = CommonOptions {
+        negative,
+        seed,
+        steps,
+        cfg,
+        eta,
+        fps,
+        variant,
+        expand,
+    };
+    if let Err(text) = apply_options(&mut spec, &options, &data.variants, data.expand_available) {
+        refuse_deferred(&http, &inv, &text).await;
+        return Ok(());
+    }
+    if !spec.variant.is_image_to_video() {
+        refuse_deferred(
+            &http,
+            &inv,
+            &format!(
+                "The model `{}` makes videos from text; /i2v needs an image-to-video model.",
+                spec.variant
+            ),
+        )
+        .await;
+        return Ok(());
+    }
+    tracing::info!(
+        bytes = downloaded.bytes.len(),
+        width = downloaded.width,
+        height = downloaded.height,
+        "input image accepted"
+    );
+    spec.image = Some(downloaded.bytes);
+    submit(&http, data, &inv, spec).await;
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! A burst of 100 `/t2v` from 100 members: every one is acknowledged within Discord's three
+//! seconds (the acknowledgement comes before any slow work), and all are queued.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::discord_bot::*;
+use support::fake_discord::payloads::*;
+use support::fake_discord::FakeDiscord;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_100_t2v_is_acknowledged_within_three_seconds() {
+    init_logs();
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("burst");
+    let bot = start_bot(&fake, service_config(&dir.0), bot_options(&fake)).await;
+
+    let sent: Vec<(String, std::time::Instant)> = (0..100)
+        .map(|n| {
+            let mut spec = CommandSpec::new(
+                "t2v",
+                vec![
+                    option("prompt", json!(format!("scene number {n}"))),
+                    option("steps", json!(4)),
+                ],
+            );
+            spec.invoker = Invoker::numbered(n);
+            fake.send_command(&spec)
+        })
+        .collect();
+    fake.wait_until(Duration::from_secs(30), "100 acknowledgements", |f| {
+        f.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/callback"))
+            .count()
+            >= 100
+    })
+    .await;
+    let requests = fake.requests();
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .map(|(token, at)| {
+            let ack = requests
+                .iter()
+                .find(|r| r.path.ends_with(&format!("/{token}/callback")))
+                .expect("acked");
+            assert_eq!(ack.json.as_ref().unwrap()["type"], 5);
+            ack.at - *at
+        })
+        .collect();
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    println!(
+        "ack latency over {} interactions: min {:?}, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[0],
+        pct(50),
+        pct(90),
+        pct(99),
+        latencies[latencies.len() - 1]
+    );
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(3)),
+        "max {:?}",
+        latencies.last()
+    );
+
+    // All were queued (none refused): each got its queue view.
+    fake.wait_until(Duration::from_secs(60), "100 queue views", |f| {
+        let reqs = f.requests();
+        sent.iter().all(|(token, _)| {
+            reqs.iter()
+                .any(|r| r.path.contains(token.as_str()) && r.method == "PATCH")
+        })
+    })
+    .await;
+    let refusals = fake
+        .requests()
+        .iter()
+        .filter(|r| r.json.as_ref().is_some_and(|j| j["flags"] == 64))
+        .count();
+    assert_eq!(refusals, 0);
+    stop(bot).await;
+}

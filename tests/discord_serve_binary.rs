@@ -1,0 +1,103 @@
+//! `floor33 serve --config <file>` as an operator runs it: the binary reads the config and
+//! `DISCORD_TOKEN`, talks to the Discord named by `FLOOR33_DISCORD_API_BASE` (the fake here),
+//! registers its commands, answers `/t2v`, and exits cleanly on SIGTERM.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::discord_bot::Scratch;
+use support::fake_discord::payloads::*;
+use support::fake_discord::FakeDiscord;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_binary_connects_answers_and_stops_on_sigterm() {
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("serve-bin");
+    let config = dir.0.join("floor33.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[engine]
+device = "cpu"
+dtype = "f32"
+[[engine.variants]]
+name = "tiny"
+
+[database]
+path = "{}"
+
+[defaults]
+default_variant = "tiny"
+default_steps = 2
+"#,
+            dir.0.join("floor33.db").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floor33"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("DISCORD_TOKEN", "binary-token")
+        .env(
+            "FLOOR33_DISCORD_API_BASE",
+            format!("{}/api/v10", fake.api_base()),
+        )
+        .env("NO_PROXY", "127.0.0.1")
+        .env("RUST_LOG", "floor33=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    fake.wait_ready(Duration::from_secs(90)).await;
+    assert_eq!(fake.identifies()[0]["token"], "Bot binary-token");
+    let names: Vec<String> = fake
+        .commands()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in ["t2v", "i2v", "config", "queue", "cancel", "stats"] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} registered: {names:?}"
+        );
+    }
+
+    let (token, sent) = fake.send_command(&CommandSpec::new(
+        "t2v",
+        vec![option("prompt", json!("from the binary"))],
+    ));
+    let ack = fake
+        .wait_for(Duration::from_secs(5), "the ack", |r| {
+            r.is("POST", &format!("/{token}/callback"))
+        })
+        .await;
+    assert!(ack.at - sent < Duration::from_secs(3));
+    fake.wait_for(Duration::from_secs(30), "the first view", |r| {
+        r.method == "PATCH" && r.path.contains(&token)
+    })
+    .await;
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("floor33 serve did not stop within 120 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
