@@ -2,18 +2,22 @@
 //! then stop taking jobs, put the running one back in the queue and exit.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::Config;
+use crate::core::expand::{ExpanderConfig, LlmExpander};
+use crate::core::service::PromptExpander;
 use crate::core::service::ShutdownMode;
 use crate::discord::download::DownloadPolicy;
 use crate::discord::notifier::NotifierOptions;
 use crate::discord::{proxy_base, BotOptions};
 use crate::engine::device::{select_device, select_dtype};
-use crate::engine::{loader, EngineHandle};
+use crate::engine::{loader, EngineError, EngineHandle};
 use crate::models::config::Variant;
+use crate::models::tokenizer::ClipTokenizer;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -50,7 +54,8 @@ async fn serve(config: Config, token: String) -> Result<()> {
         notifier: NotifierOptions::default(),
         video_shape: None,
     };
-    let mut bot = crate::discord::start(options, config.service_config(), engine, None).await?;
+    let expander = prompt_expander(&config)?;
+    let mut bot = crate::discord::start(options, config.service_config(), engine, expander).await?;
     tracing::info!("floor33 is serving; stop with Ctrl-C or SIGTERM");
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
@@ -71,14 +76,32 @@ fn spawn_engine(config: &Config) -> Result<EngineHandle> {
         .collect::<Result<_>>()?;
     let engine = EngineHandle::spawn(
         move || {
-            wanted
-                .iter()
-                .map(|(variant, weights)| loader::load_pipeline(*variant, weights, &device, dtype))
-                .collect()
+            // Serve what fits; what does not is logged (out of memory beside the others,
+            // missing weights) and left out of the commands' model choices.
+            let (loaded, failed) = loader::load_pipelines(&wanted, &device, dtype);
+            if loaded.is_empty() {
+                let reasons: Vec<String> =
+                    failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
+                return Err(EngineError::BadRequest(format!(
+                    "no model could be loaded ({})",
+                    reasons.join("; ")
+                )));
+            }
+            Ok(loaded)
         },
         config.engine_limits(),
     )?;
     Ok(engine)
+}
+
+/// The LLM prompt expander when `[llm] base_url` is configured.
+fn prompt_expander(config: &Config) -> Result<Option<Arc<dyn PromptExpander>>> {
+    let Some(cfg) = ExpanderConfig::from_llm_config(config)? else {
+        return Ok(None);
+    };
+    tracing::info!(base_url = %cfg.base_url, model = %cfg.model, "prompt expansion enabled");
+    let expander = LlmExpander::new(cfg, Arc::new(ClipTokenizer::new()?))?;
+    Ok(Some(Arc::new(expander)))
 }
 
 async fn shutdown_signal() {
