@@ -50,47 +50,34 @@ fn admin(perms: Option<Permissions>) -> bool {
     perms.is_some_and(|p| p.manage_guild() || p.administrator())
 }
 
+/// The fields every interaction kind carries, under the same names in serenity's types.
+macro_rules! invocation_from {
+    ($i:expr, $what:expr) => {
+        Invocation {
+            interaction_id: $i.id.get(),
+            token: $i.token.clone(),
+            application_id: $i.application_id.get(),
+            guild_id: $i.guild_id.map(|g| g.get()),
+            channel_id: $i.channel_id.get(),
+            user_id: $i.user.id.get(),
+            attachment_size_limit: u64::from($i.attachment_size_limit),
+            is_admin: admin($i.member.as_ref().and_then(|m| m.permissions)),
+            what: $what,
+        }
+    };
+}
+
 impl Invocation {
     pub fn from_command(i: &CommandInteraction) -> Self {
-        Invocation {
-            interaction_id: i.id.get(),
-            token: i.token.clone(),
-            application_id: i.application_id.get(),
-            guild_id: i.guild_id.map(|g| g.get()),
-            channel_id: i.channel_id.get(),
-            user_id: i.user.id.get(),
-            attachment_size_limit: u64::from(i.attachment_size_limit),
-            is_admin: admin(i.member.as_ref().and_then(|m| m.permissions)),
-            what: format!("/{}", i.data.name),
-        }
+        invocation_from!(i, format!("/{}", i.data.name))
     }
 
     pub fn from_component(i: &ComponentInteraction) -> Self {
-        Invocation {
-            interaction_id: i.id.get(),
-            token: i.token.clone(),
-            application_id: i.application_id.get(),
-            guild_id: i.guild_id.map(|g| g.get()),
-            channel_id: i.channel_id.get(),
-            user_id: i.user.id.get(),
-            attachment_size_limit: u64::from(i.attachment_size_limit),
-            is_admin: admin(i.member.as_ref().and_then(|m| m.permissions)),
-            what: format!("button {}", i.data.custom_id),
-        }
+        invocation_from!(i, format!("button {}", i.data.custom_id))
     }
 
     pub fn from_modal(i: &ModalInteraction) -> Self {
-        Invocation {
-            interaction_id: i.id.get(),
-            token: i.token.clone(),
-            application_id: i.application_id.get(),
-            guild_id: i.guild_id.map(|g| g.get()),
-            channel_id: i.channel_id.get(),
-            user_id: i.user.id.get(),
-            attachment_size_limit: u64::from(i.attachment_size_limit),
-            is_admin: admin(i.member.as_ref().and_then(|m| m.permissions)),
-            what: format!("modal {}", i.data.custom_id),
-        }
+        invocation_from!(i, format!("modal {}", i.data.custom_id))
     }
 
     fn origin(&self) -> Origin {
