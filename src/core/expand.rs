@@ -867,7 +867,7 @@ impl crate::core::PromptExpander for LlmExpander {
 
 impl ExpanderConfig {
     /// From the operator's `[llm]` section; `None` when no endpoint is set (expansion off).
-    /// Prompts are read from `prompts/` in the working directory, built-in wording if absent.
+    /// Prompts are read from `llm.prompts_dir`, built-in wording for a file that is absent.
     pub fn from_llm_config(config: &crate::config::Config) -> Result<Option<Self>> {
         let llm = &config.llm;
         let Some(base_url) = llm
@@ -883,7 +883,7 @@ impl ExpanderConfig {
         cfg.timeout = Duration::from_secs(llm.timeout_s);
         cfg.temperature = llm.temperature as f32;
         cfg.max_tokens = llm.max_tokens;
-        cfg.prompts_dir = Some(PathBuf::from("prompts"));
+        cfg.prompts_dir = Some(llm.prompts_dir.clone());
         Ok(Some(cfg))
     }
 }
