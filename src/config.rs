@@ -69,6 +69,9 @@ pub struct LlmConfig {
     pub timeout_s: u64,
     pub temperature: f64,
     pub max_tokens: u32,
+    /// Where `expand_t2v.txt` / `expand_i2v.txt` are read at start (relative paths from the
+    /// working directory); a missing file falls back to the built-in wording.
+    pub prompts_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -122,9 +125,10 @@ impl Default for LlmConfig {
             base_url: None,
             model: "gpt-4o-mini".into(),
             api_key_env: None,
-            timeout_s: 20,
+            timeout_s: crate::core::expand::DEFAULT_TIMEOUT.as_secs(),
             temperature: 0.7,
             max_tokens: 200,
+            prompts_dir: PathBuf::from("prompts"),
         }
     }
 }
@@ -258,6 +262,9 @@ impl Config {
         if let Some(v) = var("FLOOR33_LLM_MAX_TOKENS") {
             self.llm.max_tokens = parsed("FLOOR33_LLM_MAX_TOKENS", v)?;
         }
+        if let Some(v) = var("FLOOR33_LLM_PROMPTS_DIR") {
+            self.llm.prompts_dir = PathBuf::from(v);
+        }
         if let Some(v) = var("FLOOR33_DISCORD_API_BASE") {
             self.discord.api_base = v;
         }
@@ -366,6 +373,10 @@ mod tests {
         assert_eq!(config.variants().unwrap(), vec![Variant::Vc2]);
         assert_eq!(config.defaults.member_waiting_limit, 2);
         assert_eq!(config.limits.global_cap, 100);
+        // The file states the built-in defaults; keep them in step.
+        assert_eq!(config.llm, LlmConfig::default());
+        assert_eq!(config.llm.timeout_s, 15);
+        assert_eq!(config.llm.prompts_dir, PathBuf::from("prompts"));
     }
 
     #[test]
@@ -377,6 +388,7 @@ mod tests {
             ("FLOOR33_VARIANTS", "tiny, vc2"),
             ("FLOOR33_DEV_GUILD_ID", "42"),
             ("FLOOR33_LLM_TEMPERATURE", "0.2"),
+            ("FLOOR33_LLM_PROMPTS_DIR", "/etc/floor33/prompts"),
         ]
         .into();
         config
@@ -390,6 +402,10 @@ mod tests {
         );
         assert_eq!(config.discord.dev_guild_id, Some(42));
         assert_eq!(config.llm.temperature, 0.2);
+        assert_eq!(
+            config.llm.prompts_dir,
+            PathBuf::from("/etc/floor33/prompts")
+        );
         assert_eq!(
             config.service_config().results_dir,
             PathBuf::from("/data/results")

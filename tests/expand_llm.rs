@@ -303,11 +303,25 @@ fn config_section_without_an_endpoint_turns_expansion_off() {
     let off = floor33::config::Config::from_toml("").unwrap();
     assert!(ExpanderConfig::from_llm_config(&off).unwrap().is_none());
     let on = floor33::config::Config::from_toml(
-        "[llm]\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodel = \"llama3\"\ntimeout_s = 3\n",
+        "[llm]\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodel = \"llama3\"\ntimeout_s = 3\nprompts_dir = \"/srv/floor33/prompts\"\n",
     )
     .unwrap();
     let cfg = ExpanderConfig::from_llm_config(&on).unwrap().unwrap();
     assert_eq!(cfg.model, "llama3");
     assert_eq!(cfg.timeout, Duration::from_secs(3));
     assert!(cfg.api_key.is_none());
+    assert_eq!(
+        cfg.prompts_dir.as_deref(),
+        Some(std::path::Path::new("/srv/floor33/prompts"))
+    );
+    // Unset values follow the issue: a 15 s timeout and `prompts/` in the working directory.
+    let defaults =
+        floor33::config::Config::from_toml("[llm]\nbase_url = \"http://127.0.0.1:11434/v1\"\n")
+            .unwrap();
+    let cfg = ExpanderConfig::from_llm_config(&defaults).unwrap().unwrap();
+    assert_eq!(cfg.timeout, Duration::from_secs(15));
+    assert_eq!(
+        cfg.prompts_dir.as_deref(),
+        Some(std::path::Path::new("prompts"))
+    );
 }

@@ -55,13 +55,17 @@ pub enum Expansion {
     },
 }
 
+/// The one line a member sees when expansion falls back, e.g. `fallback_line("timed out")`:
+/// every reason (here and in the job service) reads as the same kind of full sentence.
+pub fn fallback_line(why: &str) -> String {
+    format!("Prompt expansion {why}; your prompt was used as written.")
+}
+
 impl Expansion {
     /// Answer for a member who asked for expansion where no endpoint is configured.
     pub fn unavailable() -> Self {
         Expansion::Fallback {
-            reason_for_user:
-                "Prompt expansion is not available here; your prompt was used as written."
-                    .to_string(),
+            reason_for_user: fallback_line("is not available here"),
             cause_for_log: "no LLM endpoint configured".to_string(),
         }
     }
@@ -569,7 +573,7 @@ impl ExpandError {
             ExpandError::Empty => "got an empty answer",
             ExpandError::Refusal(_) => "was declined by the language model",
         };
-        format!("Prompt expansion {why}; your prompt was used as written.")
+        fallback_line(why)
     }
 }
 
@@ -867,7 +871,7 @@ impl crate::core::PromptExpander for LlmExpander {
 
 impl ExpanderConfig {
     /// From the operator's `[llm]` section; `None` when no endpoint is set (expansion off).
-    /// Prompts are read from `prompts/` in the working directory, built-in wording if absent.
+    /// Prompts are read from `llm.prompts_dir`, built-in wording for a file that is absent.
     pub fn from_llm_config(config: &crate::config::Config) -> Result<Option<Self>> {
         let llm = &config.llm;
         let Some(base_url) = llm
@@ -883,7 +887,7 @@ impl ExpanderConfig {
         cfg.timeout = Duration::from_secs(llm.timeout_s);
         cfg.temperature = llm.temperature as f32;
         cfg.max_tokens = llm.max_tokens;
-        cfg.prompts_dir = Some(PathBuf::from("prompts"));
+        cfg.prompts_dir = Some(llm.prompts_dir.clone());
         Ok(Some(cfg))
     }
 }

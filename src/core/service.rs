@@ -22,6 +22,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use super::expand::fallback_line;
 use super::jobs::{JobId, JobKind, JobRecord, JobSpec, JobState, Origin};
 use super::refusal::Refusal;
 use super::scheduler::{Cancelled, MemberLimits, Scheduler};
@@ -54,6 +55,7 @@ pub enum JobUpdate {
         prompt: String,
     },
     /// The expander left the prompt as it was (unreachable LLM, refusal, blocked word...).
+    /// `reason` is one full sentence for the member (see [`fallback_line`]).
     ExpansionSkipped {
         reason: String,
     },
@@ -128,7 +130,7 @@ pub trait Notifier: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExpandOutcome {
     Expanded(String),
-    /// Keep the member's prompt; `reason` is logged and shown.
+    /// Keep the member's prompt; `reason` is logged and shown as is: one full sentence.
     Unchanged {
         reason: String,
     },
@@ -505,9 +507,14 @@ impl JobService {
                 max: s.max_prompt_len,
             });
         }
-        for text in [Some(spec.prompt.as_str()), spec.negative.as_deref()]
-            .into_iter()
-            .flatten()
+        // A Re-roll carries its stored expansion: it meets today's blocked words too.
+        for text in [
+            Some(spec.prompt.as_str()),
+            spec.expanded_prompt.as_deref(),
+            spec.negative.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(word) = s.blocked_word_in(text) {
                 return Err(Refusal::BlockedWord {
@@ -1207,7 +1214,14 @@ impl Inner {
 
     /// Runs the expander unless stopped meanwhile; `Some` when the job must end instead.
     async fn expand(self: &Arc<Self>, job: &mut JobRecord) -> Option<Ending> {
-        let expander = self.expander.clone()?;
+        let Some(expander) = self.expander.clone() else {
+            // Only a job stored while an LLM was configured gets here (the adapter refuses
+            // `expand` otherwise); the member still hears why the prompt stayed as written.
+            let reason = fallback_line("is not available here");
+            self.update(job, JobUpdate::ExpansionSkipped { reason })
+                .await;
+            return None;
+        };
         self.update(job, JobUpdate::Expanding).await;
         let woken = self.state.lock().unwrap().running.as_ref()?.woken.clone();
         let (prompt, kind) = (job.spec.prompt.clone(), job.spec.kind);
@@ -1220,7 +1234,8 @@ impl Inner {
                 let settings = self.settings_of(job.origin.guild_id).await;
                 if let Some(word) = settings.blocked_word_in(&text) {
                     // The member's own prompt passed the filter; the model's addition did not.
-                    let reason = format!("the expansion contained the blocked word \"{word}\"");
+                    tracing::info!(job = %job.id, %word, "expanded prompt has a blocked word");
+                    let reason = fallback_line("added a word this server blocks");
                     self.update(job, JobUpdate::ExpansionSkipped { reason })
                         .await;
                     return None;
@@ -1240,7 +1255,7 @@ impl Inner {
                 self.update(job, JobUpdate::Expanded { prompt: text }).await;
             }
             ExpandOutcome::Expanded(_) => {
-                let reason = "the expansion was empty".to_string();
+                let reason = fallback_line("got an empty answer");
                 self.update(job, JobUpdate::ExpansionSkipped { reason })
                     .await;
             }

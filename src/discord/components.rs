@@ -114,8 +114,11 @@ async fn reroll(http: &Http, data: &Data, inv: &Invocation, job: JobId) {
     }
     let mut spec = record.spec;
     spec.seed = new_seed(spec.seed);
-    // The expansion is kept, so there is nothing left to expand.
-    spec.expand = spec.expand && spec.expanded_prompt.is_none();
+    // The stored expansion goes along and the service does not expand a spec that has one,
+    // so a Re-roll costs no LLM call. `expand` stays as the member chose it, so a later Remix
+    // of this job expands its new prompt again. A job whose expansion fell back has none and
+    // is expanded again, like any job that asks for it.
+    spec.expand &= spec.expanded_prompt.is_some() || data.expand_available;
     commands::submit(http, data, inv, spec).await;
 }
 
@@ -128,7 +131,8 @@ fn new_seed(old: u64) -> u64 {
     }
 }
 
-/// Opens the Remix modal, prefilled with the job's original prompt. A modal must be the first
+/// Opens the Remix modal, prefilled with the job's original prompt (what the member wrote,
+/// not the expansion, which they can read in the embed). A modal must be the first
 /// answer to the click, so the stored job is read before it (a local database read).
 async fn remix_modal(
     http: &Http,
@@ -215,8 +219,11 @@ pub async fn on_modal(http: &Http, data: &Data, m: &ModalInteraction) {
     };
     let mut spec = record.spec;
     spec.prompt = field(PROMPT_INPUT).trim().to_string();
-    // A new prompt: the old expansion no longer applies; the guild's setting decides again.
+    // Remix starts from the original prompt (the modal is prefilled with it): the old
+    // expansion does not describe the edited text, so it is dropped, and the new prompt is
+    // expanded if the original job asked for expansion and this bot still can.
     spec.expanded_prompt = None;
+    spec.expand &= data.expand_available;
     let negative = field(NEGATIVE_INPUT);
     spec.negative = Some(negative.trim().to_string()).filter(|n| !n.is_empty());
     let seed_text = field(SEED_INPUT);

@@ -548,8 +548,8 @@ impl Notifier for DiscordNotifier {
                 {
                     let mut jobs = self.jobs.lock().unwrap();
                     let ch = jobs.entry(job.id).or_insert_with(|| self.open(job.id));
-                    ch.shared.lock().unwrap().note =
-                        Some(format!("The prompt was not expanded: {reason}"));
+                    // Already one full sentence (core's `fallback_line`): shown as is.
+                    ch.shared.lock().unwrap().note = Some(reason);
                 }
                 starting(job)
             }

@@ -447,6 +447,47 @@ mod tests {
     }
 
     #[test]
+    fn an_expanded_job_shows_both_prompts_and_a_fallback_is_one_line() {
+        let mut j = job("a cat surfing");
+        j.spec.expand = true;
+        let e = render(&j, &Stage::Expanding, false, None);
+        assert_eq!(e.content, "✍️ Expanding the prompt…");
+        assert_eq!(e.buttons[0].label, "Cancel");
+
+        j.spec.expanded_prompt = Some("A ginger cat riding a turquoise wave at sunset".into());
+        let d = render(
+            &j,
+            &Stage::Done {
+                generation: Duration::from_secs(3),
+            },
+            false,
+            None,
+        );
+        assert_eq!(d.embed.description, "a cat surfing", "the original");
+        assert_eq!(d.embed.fields[0].name, "Expanded prompt");
+        assert_eq!(
+            d.embed.fields[0].value,
+            "A ginger cat riding a turquoise wave at sunset"
+        );
+
+        j.spec.expanded_prompt = None;
+        let note = crate::core::expand::fallback_line("timed out");
+        let d = render(
+            &j,
+            &Stage::Done {
+                generation: Duration::from_secs(3),
+            },
+            false,
+            Some(&note),
+        );
+        assert_eq!(
+            d.content,
+            "✅ Done in 0:03.\n-# Prompt expansion timed out; your prompt was used as written."
+        );
+        assert!(d.embed.fields.iter().all(|f| f.name != "Expanded prompt"));
+    }
+
+    #[test]
     fn long_text_fits_discord_limits() {
         let mut j = job(&"word ".repeat(2000));
         j.spec.expanded_prompt = Some("x".repeat(3000));

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -36,6 +36,8 @@ pub enum Reply {
 /// One request as the fake received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// When the request arrived (ordering against other fakes' records).
+    pub at: Instant,
     pub path: String,
     pub authorization: Option<String>,
     /// `Null` when the body was not JSON.
@@ -112,6 +114,7 @@ pub fn completion(content: serde_json::Value) -> String {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let at = Instant::now();
     let path = request.uri().path().to_string();
     let authorization = request
         .headers()
@@ -123,6 +126,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .unwrap_or_default();
     let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     shared.requests.lock().unwrap().push(Recorded {
+        at,
         path,
         authorization,
         body,
