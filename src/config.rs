@@ -81,6 +81,9 @@ pub struct DiscordConfig {
     pub api_base: String,
     /// Commands are registered to this guild only (instant updates while developing).
     pub dev_guild_id: Option<u64>,
+    /// Hosts `/i2v` images are downloaded from (host names only, no scheme or port): Discord's
+    /// CDN by default; a test against a fake Discord adds 127.0.0.1.
+    pub cdn_hosts: Vec<String>,
     /// Only here to refuse a token written into the file with a clear message.
     #[serde(default)]
     token: Option<toml::Value>,
@@ -138,6 +141,7 @@ impl Default for DiscordConfig {
         DiscordConfig {
             api_base: "https://discord.com/api/v10".into(),
             dev_guild_id: None,
+            cdn_hosts: crate::discord::download::default_hosts(),
             token: None,
         }
     }
@@ -271,6 +275,14 @@ impl Config {
         if let Some(v) = var("FLOOR33_DEV_GUILD_ID") {
             self.discord.dev_guild_id = Some(parsed("FLOOR33_DEV_GUILD_ID", v)?);
         }
+        if let Some(v) = var("FLOOR33_DISCORD_CDN_HOSTS") {
+            self.discord.cdn_hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
         if let Some(v) = var("FLOOR33_GLOBAL_CAP") {
             self.limits.global_cap = parsed("FLOOR33_GLOBAL_CAP", v)?;
         }
@@ -284,6 +296,18 @@ impl Config {
         }
         for v in &self.engine.variants {
             Variant::parse(&v.name).context("in `engine.variants`")?;
+        }
+        if self.discord.cdn_hosts.is_empty() {
+            bail!("`discord.cdn_hosts` is empty: /i2v could download no image (Discord's are cdn.discordapp.com and media.discordapp.net)");
+        }
+        // A URL where a host name belongs would never match, and every /i2v would be refused.
+        if let Some(bad) = self
+            .discord
+            .cdn_hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
+        {
+            bail!("`discord.cdn_hosts`: `{bad}` is not a host name (write e.g. cdn.discordapp.com, without scheme, port or path)");
         }
         if self.limits.global_cap == 0 {
             bail!("`limits.global_cap` must be at least 1");
@@ -339,6 +363,14 @@ impl Config {
         config
     }
 
+    /// How `/i2v` images are downloaded: from the configured hosts only.
+    pub fn download_policy(&self) -> crate::discord::download::DownloadPolicy {
+        crate::discord::download::DownloadPolicy {
+            allowed_hosts: self.discord.cdn_hosts.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The bot token, from `DISCORD_TOKEN` only.
     pub fn discord_token() -> Result<Secret> {
         match std::env::var("DISCORD_TOKEN") {
@@ -377,6 +409,14 @@ mod tests {
         assert_eq!(config.llm, LlmConfig::default());
         assert_eq!(config.llm.timeout_s, 15);
         assert_eq!(config.llm.prompts_dir, PathBuf::from("prompts"));
+        assert_eq!(
+            config.discord.cdn_hosts,
+            crate::discord::download::default_hosts()
+        );
+        assert_eq!(
+            Config::default().download_policy().allowed_hosts,
+            crate::discord::download::default_hosts()
+        );
     }
 
     #[test]
@@ -389,6 +429,7 @@ mod tests {
             ("FLOOR33_DEV_GUILD_ID", "42"),
             ("FLOOR33_LLM_TEMPERATURE", "0.2"),
             ("FLOOR33_LLM_PROMPTS_DIR", "/etc/floor33/prompts"),
+            ("FLOOR33_DISCORD_CDN_HOSTS", "cdn.discordapp.com, 127.0.0.1"),
         ]
         .into();
         config
@@ -405,6 +446,10 @@ mod tests {
         assert_eq!(
             config.llm.prompts_dir,
             PathBuf::from("/etc/floor33/prompts")
+        );
+        assert_eq!(
+            config.download_policy().allowed_hosts,
+            vec!["cdn.discordapp.com".to_string(), "127.0.0.1".to_string()]
         );
         assert_eq!(
             config.service_config().results_dir,
@@ -438,5 +483,16 @@ mod tests {
             .unwrap_err();
         assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
         assert!(Config::from_toml("[engine]\ncolour = 1\n").is_err());
+        for hosts in [
+            "[]",
+            "[\"https://cdn.discordapp.com\"]",
+            "[\"127.0.0.1:8080\"]",
+        ] {
+            let err = Config::from_toml(&format!("[discord]\ncdn_hosts = {hosts}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("cdn_hosts"), "{err:#}");
+        }
     }
 }

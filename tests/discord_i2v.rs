@@ -1,5 +1,6 @@
 //! `/i2v` input images: the bot's own download refuses what is not a usable image, clearly and
-//! only to the member; a good image is fetched from the (fake) CDN.
+//! only to the member; a good image is fetched from the (fake) CDN and, with an image-to-video
+//! model loaded, animated.
 
 mod support;
 
@@ -7,6 +8,7 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use floor33::discord::download::{fetch_image, AttachmentMeta, DownloadError};
+use floor33::models::config::Variant;
 use serde_json::json;
 use support::discord_bot::*;
 use support::fake_discord::payloads::*;
@@ -144,4 +146,98 @@ async fn download_checks_status_host_and_content() {
         .await
         .unwrap_err();
     assert!(matches!(e, DownloadError::HostNotAllowed { .. }), "{e:?}");
+}
+
+/// With an image-to-video model loaded, `/i2v` makes a video from the downloaded image, and its
+/// Re-roll and Remix buttons run again on the same stored image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn i2v_generates_and_its_buttons_reuse_the_stored_image() {
+    init_logs();
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("i2v-gen");
+    let engine = engine_with(&[Variant::Tiny, Variant::TinyI2v]);
+    let bot = start_bot_on(&fake, service_config(&dir.0), bot_options(&fake), engine).await;
+
+    let image = png(64, 40);
+    let url = fake.serve_cdn("cat.png", "image/png", image.clone());
+    let att_id = snowflake();
+    let mut spec = CommandSpec::new(
+        "i2v",
+        vec![
+            attachment_option("image", att_id),
+            option("prompt", json!("the cat blinks")),
+            option("seed", json!(11)),
+            option("steps", json!(3)),
+        ],
+    );
+    spec.attachments = vec![attachment(
+        att_id,
+        "cat.png",
+        "image/png",
+        image.len() as u64,
+        &url,
+    )];
+    let (token, sent) = fake.send_command(&spec);
+    let ack = fake
+        .wait_for(Duration::from_secs(5), "the deferral", |r| {
+            r.is("POST", &format!("/{token}/callback"))
+        })
+        .await;
+    assert!(ack.at - sent < Duration::from_secs(3));
+
+    let done = wait_video(&fake, &token, Duration::from_secs(120)).await;
+    assert_eq!(done.method, "PATCH", "the video is in the original message");
+    let body = done.json.as_ref().unwrap();
+    assert_eq!(body["embeds"][0]["description"], "the cat blinks");
+    assert_eq!(embed_field(body, "Variant").as_deref(), Some("tiny-i2v"));
+    assert_eq!(embed_field(body, "Seed").as_deref(), Some("11"));
+    assert_eq!(embed_field(body, "Steps").as_deref(), Some("3"));
+    assert_eq!(probe_posted(&dir.0, &done), (4, 48, 32));
+    assert_eq!(cdn_hits(&fake, "cat.png"), 1);
+
+    // Re-roll: the same image and settings, a new seed; the CDN is not asked again (its signed
+    // URL may have expired by then), the stored image is used.
+    let message = fake.original(&token).unwrap();
+    let (reroll, _) = fake.click(
+        &button_id(&message, "v1:reroll:"),
+        &message,
+        &Invoker::member(),
+    );
+    let video = wait_video(&fake, &reroll, Duration::from_secs(120)).await;
+    let body = video.json.as_ref().unwrap();
+    assert_eq!(body["embeds"][0]["description"], "the cat blinks");
+    assert_eq!(embed_field(body, "Variant").as_deref(), Some("tiny-i2v"));
+    assert_eq!(embed_field(body, "Steps").as_deref(), Some("3"));
+    assert_ne!(embed_field(body, "Seed").as_deref(), Some("11"));
+    assert_eq!(probe_posted(&dir.0, &video), (4, 48, 32));
+
+    // Remix: a new prompt on the same image.
+    let (remix, _) = fake.click(
+        &button_id(&message, "v1:remix:"),
+        &message,
+        &Invoker::member(),
+    );
+    let modal = fake
+        .wait_for(Duration::from_secs(5), "the modal", |r| {
+            r.is("POST", &format!("/{remix}/callback"))
+        })
+        .await;
+    let modal_id = modal.json.as_ref().unwrap()["data"]["custom_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (submitted, _) = fake.submit_modal(
+        &modal_id,
+        &[("prompt", "the cat yawns"), ("negative", ""), ("seed", "5")],
+        &Invoker::member(),
+        None,
+    );
+    let video = wait_video(&fake, &submitted, Duration::from_secs(120)).await;
+    let body = video.json.as_ref().unwrap();
+    assert_eq!(body["embeds"][0]["description"], "the cat yawns");
+    assert_eq!(embed_field(body, "Variant").as_deref(), Some("tiny-i2v"));
+    assert_eq!(embed_field(body, "Seed").as_deref(), Some("5"));
+    assert_eq!(probe_posted(&dir.0, &video), (4, 48, 32));
+    assert_eq!(cdn_hits(&fake, "cat.png"), 1, "one download in all");
+    stop(bot).await;
 }

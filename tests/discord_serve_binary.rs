@@ -1,6 +1,7 @@
 //! `floor33 serve --config <file>` as an operator runs it: the binary reads the config and
 //! `DISCORD_TOKEN`, talks to the Discord named by `FLOOR33_DISCORD_API_BASE` (the fake here),
-//! registers its commands, answers `/t2v`, and exits cleanly on SIGTERM.
+//! registers its commands, answers `/t2v` and `/i2v` (its image from a CDN host the config
+//! allows), and exits cleanly on SIGTERM.
 
 mod support;
 
@@ -26,6 +27,8 @@ device = "cpu"
 dtype = "f32"
 [[engine.variants]]
 name = "tiny"
+[[engine.variants]]
+name = "tiny-i2v"
 
 [database]
 path = "{}"
@@ -33,8 +36,12 @@ path = "{}"
 [defaults]
 default_variant = "tiny"
 default_steps = 2
+
+[discord]
+cdn_hosts = ["{}"]
 "#,
-            dir.0.join("floor33.db").display()
+            dir.0.join("floor33.db").display(),
+            fake.cdn_host()
         ),
     )
     .unwrap();
@@ -81,6 +88,37 @@ default_steps = 2
         r.method == "PATCH" && r.path.contains(&token)
     })
     .await;
+
+    // /i2v: the image comes from a host the config's `discord.cdn_hosts` allows.
+    let mut png = Vec::new();
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 50]))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let url = fake.serve_cdn("in.png", "image/png", png.clone());
+    let att = snowflake();
+    let mut spec = CommandSpec::new(
+        "i2v",
+        vec![
+            attachment_option("image", att),
+            option("prompt", json!("it moves")),
+        ],
+    );
+    spec.attachments = vec![attachment(
+        att,
+        "in.png",
+        "image/png",
+        png.len() as u64,
+        &url,
+    )];
+    let (i2v_token, _) = fake.send_command(&spec);
+    let video = fake
+        .wait_for(Duration::from_secs(120), "the i2v video", |r| {
+            r.path.contains(&i2v_token)
+                && r.status == 200
+                && r.files.iter().any(|f| f.filename.ends_with(".mp4"))
+        })
+        .await;
+    assert!(video.text().contains("tiny-i2v"), "{}", video.text());
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")

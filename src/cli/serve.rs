@@ -11,7 +11,6 @@ use crate::config::Config;
 use crate::core::expand::{ExpanderConfig, LlmExpander};
 use crate::core::service::PromptExpander;
 use crate::core::service::ShutdownMode;
-use crate::discord::download::DownloadPolicy;
 use crate::discord::notifier::NotifierOptions;
 use crate::discord::{proxy_base, BotOptions};
 use crate::engine::device::{select_device, select_dtype};
@@ -50,7 +49,7 @@ async fn serve(config: Config, token: String) -> Result<()> {
         token,
         api_base,
         dev_guild: config.discord.dev_guild_id,
-        download: DownloadPolicy::default(),
+        download: config.download_policy(),
         notifier: NotifierOptions::default(),
         video_shape: None,
     };

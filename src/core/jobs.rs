@@ -112,6 +112,11 @@ pub struct Origin {
     pub application_id: u64,
     /// The message holding the job's progress, once the adapter knows it.
     pub message_id: Option<u64>,
+    /// The largest upload the interaction allows (Discord says per interaction: it depends on
+    /// the guild's boosts). Stored so a delivery after a restart still fits; rows written
+    /// before this field existed read as `None` (the adapter's default applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_size_limit: Option<u64>,
 }
 
 impl fmt::Debug for Origin {
@@ -124,6 +129,7 @@ impl fmt::Debug for Origin {
             .field("interaction_token", &"<redacted>")
             .field("application_id", &self.application_id)
             .field("message_id", &self.message_id)
+            .field("attachment_size_limit", &self.attachment_size_limit)
             .finish()
     }
 }
@@ -245,6 +251,7 @@ mod tests {
             interaction_token: "very-secret-token".into(),
             application_id: 5,
             message_id: None,
+            attachment_size_limit: None,
         };
         let text = format!("{origin:?}");
         assert!(!text.contains("very-secret-token"), "{text}");

@@ -714,6 +714,27 @@ impl JobService {
         self.inner.store.call(move |s| s.job(id)).await
     }
 
+    /// A stored job with its input image loaded, ready to be submitted again (Re-roll, Remix).
+    /// `None` when the job does not exist; an image-to-video job whose image is gone is an
+    /// error, since resubmitting it could only fail later.
+    pub async fn get_with_image(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.inner
+            .store
+            .call(move |s| {
+                let Some(mut job) = s.job(id)? else {
+                    return Ok(None);
+                };
+                if job.spec.kind == JobKind::ImageToVideo {
+                    let image = s.job_image(id)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("the input image of job {id} is missing"))
+                    })?;
+                    job.spec.image = Some(image);
+                }
+                Ok(Some(job))
+            })
+            .await
+    }
+
     /// Remembers the message that shows a job, for edits after a restart.
     pub async fn set_message_id(&self, id: JobId, message_id: u64) -> Result<(), StoreError> {
         if let Some(job) = self.inner.state.lock().unwrap().active.get_mut(&id) {

@@ -605,6 +605,7 @@ mod tests {
             interaction_token: "tok".into(),
             application_id: 10,
             message_id: None,
+            attachment_size_limit: None,
         }
     }
 
@@ -649,6 +650,35 @@ mod tests {
         store.mark_delivered(id, None).unwrap();
         assert!(store.undelivered().unwrap().is_empty());
         assert!(store.job(JobId(999)).unwrap().is_none());
+    }
+
+    #[test]
+    fn origin_upload_limit_is_kept_and_old_rows_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("floor33.db")).unwrap();
+        let now = SystemTime::now();
+        let mut o = origin(1);
+        o.attachment_size_limit = Some(25 * 1024 * 1024);
+        let id = store.insert_job(&spec("a"), &o, 0, now).unwrap();
+        store.set_message_id(id, 5).unwrap();
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.origin.attachment_size_limit, Some(25 * 1024 * 1024));
+        assert_eq!(job.origin.message_id, Some(5));
+
+        // A row written before the field existed.
+        let old = store.insert_job(&spec("b"), &origin(2), 0, now).unwrap();
+        let legacy = r#"{"guild_id":7,"channel_id":8,"user_id":2,"interaction_id":9,
+            "interaction_token":"tok","application_id":10,"message_id":null}"#;
+        store
+            .conn
+            .execute(
+                "UPDATE jobs SET origin = ?2 WHERE id = ?1",
+                params![old.0, legacy],
+            )
+            .unwrap();
+        let job = store.job(old).unwrap().unwrap();
+        assert_eq!(job.origin, origin(2));
+        assert_eq!(job.origin.attachment_size_limit, None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serenity::builder::Builder;
 use super::bot::Data;
 use super::commands::{self, refuse_deferred, Invocation};
 use super::presenter::{self, custom_id, parse_custom_id, Action};
-use crate::core::jobs::{JobId, JobKind, JobRecord};
+use crate::core::jobs::{JobId, JobRecord};
 use crate::core::service::Canceller;
 
 /// Text input ids of the Remix modal.
@@ -74,9 +74,10 @@ async fn cancel(http: &Http, data: &Data, inv: &Invocation, job: JobId) {
     }
 }
 
-/// Loads a stored job for a click; `None` after telling the member why not.
+/// Loads a stored job for a click, with its input image (an image-to-video job is resubmitted
+/// with the same image); `None` after telling the member why not.
 async fn stored_job(http: &Http, data: &Data, inv: &Invocation, job: JobId) -> Option<JobRecord> {
-    match data.service.get(job).await {
+    match data.service.get_with_image(job).await {
         Ok(Some(record)) => Some(record),
         Ok(None) => {
             refuse_deferred(http, inv, &format!("Job {job} no longer exists.")).await;
@@ -103,15 +104,6 @@ async fn reroll(http: &Http, data: &Data, inv: &Invocation, job: JobId) {
     let Some(record) = stored_job(http, data, inv, job).await else {
         return;
     };
-    if record.spec.kind == JobKind::ImageToVideo {
-        refuse_deferred(
-            http,
-            inv,
-            "Re-rolling image-to-video jobs is not available yet; run /i2v again.",
-        )
-        .await;
-        return;
-    }
     let mut spec = record.spec;
     spec.seed = new_seed(spec.seed);
     // The stored expansion goes along and the service does not expand a spec that has one,
@@ -197,15 +189,6 @@ pub async fn on_modal(http: &Http, data: &Data, m: &ModalInteraction) {
     let Some(record) = stored_job(http, data, &inv, job).await else {
         return;
     };
-    if record.spec.kind == JobKind::ImageToVideo {
-        refuse_deferred(
-            http,
-            &inv,
-            "Remixing image-to-video jobs is not available yet; run /i2v again.",
-        )
-        .await;
-        return;
-    }
     let field = |id: &str| {
         m.data
             .components

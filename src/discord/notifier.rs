@@ -26,7 +26,8 @@ use super::token::{self, Failure};
 use crate::core::jobs::{JobId, JobRecord};
 use crate::core::service::{DeliveredVideo, DeliveryError, JobService, JobUpdate, Notifier};
 
-/// Upload limit when the interaction's own is unknown (after a restart): Discord's default.
+/// Upload limit when the interaction's own is unknown (jobs stored before it was recorded):
+/// Discord's default.
 pub const DEFAULT_ATTACHMENT_LIMIT: u64 = 10 * 1024 * 1024;
 
 /// How many finished jobs we remember, to drop updates that arrive after the final message.
@@ -90,8 +91,6 @@ pub struct DiscordNotifier {
     /// Set once the service exists (it needs this notifier to start).
     service: OnceLock<JobService>,
     jobs: Mutex<HashMap<JobId, JobChannel>>,
-    /// Upload limits of the interactions that created jobs in this process.
-    limits: Mutex<HashMap<JobId, u64>>,
     finished: Mutex<(HashSet<JobId>, VecDeque<JobId>)>,
 }
 
@@ -102,30 +101,12 @@ impl DiscordNotifier {
             options,
             service: OnceLock::new(),
             jobs: Mutex::default(),
-            limits: Mutex::default(),
             finished: Mutex::default(),
         }
     }
 
     pub fn set_service(&self, service: JobService) {
         let _ = self.service.set(service);
-    }
-
-    /// Records the upload limit of the interaction that created `job`.
-    pub fn remember_limit(&self, job: JobId, attachment_size_limit: u64) {
-        self.limits
-            .lock()
-            .unwrap()
-            .insert(job, attachment_size_limit);
-    }
-
-    fn limit_of(&self, job: JobId) -> u64 {
-        self.limits
-            .lock()
-            .unwrap()
-            .get(&job)
-            .copied()
-            .unwrap_or(DEFAULT_ATTACHMENT_LIMIT)
     }
 
     /// Shows the first view of a just-submitted job, unless the service already moved it on.
@@ -150,7 +131,6 @@ impl DiscordNotifier {
                 }
             }
         }
-        self.limits.lock().unwrap().remove(&id);
     }
 
     fn push(&self, job: &JobRecord, stage: Stage, preview: Option<Vec<u8>>) {
@@ -422,7 +402,11 @@ impl DiscordNotifier {
         video: &DeliveredVideo,
         shared: &Shared,
     ) -> Result<(), DeliveryError> {
-        let limit = self.limit_of(job.id);
+        // Stored with the job, so it holds after a restart too.
+        let limit = job
+            .origin
+            .attachment_size_limit
+            .unwrap_or(DEFAULT_ATTACHMENT_LIMIT);
         let (path, mp4) = (video.path.clone(), video.mp4.clone());
         let mut fitted = blocking(move || {
             if (mp4.len() as u64) <= deliver::budget(limit) {

@@ -355,6 +355,7 @@ mod tests {
                 interaction_token: "t".into(),
                 application_id: 5,
                 message_id: None,
+                attachment_size_limit: None,
             },
             state: JobState::Queued,
             round: 0,

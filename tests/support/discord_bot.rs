@@ -42,14 +42,19 @@ impl Drop for Scratch {
 }
 
 pub fn tiny_engine() -> EngineHandle {
+    engine_with(&[Variant::Tiny])
+}
+
+/// The random-weight smoke models named (`Tiny`, `TinyI2v`) on the CPU, loaded the way
+/// `floor33 serve` loads its models.
+pub fn engine_with(variants: &[Variant]) -> EngineHandle {
+    let variants = variants.to_vec();
     EngineHandle::spawn(
-        || {
-            Ok(vec![loader::load_pipeline(
-                Variant::Tiny,
-                &[],
-                &Device::Cpu,
-                DType::F32,
-            )?])
+        move || {
+            variants
+                .iter()
+                .map(|v| loader::load_pipeline(*v, &[], &Device::Cpu, DType::F32))
+                .collect()
         },
         Limits::default(),
     )
@@ -94,7 +99,17 @@ pub async fn start_bot(
     config: ServiceConfig,
     options: BotOptions,
 ) -> RunningBot {
-    let bot = floor33::discord::start(options, config, tiny_engine(), None)
+    start_bot_on(fake, config, options, tiny_engine()).await
+}
+
+/// [`start_bot`] on the given engine.
+pub async fn start_bot_on(
+    fake: &FakeDiscord,
+    config: ServiceConfig,
+    options: BotOptions,
+    engine: EngineHandle,
+) -> RunningBot {
+    let bot = floor33::discord::start(options, config, engine, None)
         .await
         .expect("bot starts");
     fake.wait_ready(Duration::from_secs(20)).await;
@@ -175,4 +190,42 @@ pub fn videos(fake: &FakeDiscord, token: Option<&str>) -> Vec<super::fake_discor
         })
         .filter(|r| r.status == 200 && r.files.iter().any(|f| f.filename.ends_with(".mp4")))
         .collect()
+}
+
+/// The custom id of the button starting with `prefix` on a message.
+pub fn button_id(message: &serde_json::Value, prefix: &str) -> String {
+    message["components"][0]["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["custom_id"].as_str())
+        .find(|id| id.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} button on {message:#}"))
+        .to_string()
+}
+
+/// An embed field of a message body.
+pub fn embed_field(body: &serde_json::Value, name: &str) -> Option<String> {
+    body["embeds"][0]["fields"]
+        .as_array()?
+        .iter()
+        .find(|f| f["name"] == name)
+        .and_then(|f| f["value"].as_str())
+        .map(str::to_string)
+}
+
+/// Decodes the MP4 a request carries: (frames, width, height).
+pub fn probe_posted(dir: &Path, r: &super::fake_discord::Recorded) -> (usize, u32, u32) {
+    let mp4 = r
+        .files
+        .iter()
+        .find(|f| f.filename.ends_with(".mp4"))
+        .expect("an mp4 part");
+    assert_eq!(mp4.content_type, "video/mp4");
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("posted-{n}.mp4"));
+    std::fs::write(&path, &mp4.bytes).unwrap();
+    let probe = floor33::video::probe_mp4(&path).unwrap();
+    (probe.frames, probe.width, probe.height)
 }

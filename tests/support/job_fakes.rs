@@ -146,6 +146,7 @@ pub fn origin(guild: u64, user: u64) -> Origin {
         interaction_token: "interaction-token".into(),
         application_id: 2,
         message_id: None,
+        attachment_size_limit: None,
     }
 }
 

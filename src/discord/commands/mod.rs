@@ -89,6 +89,7 @@ impl Invocation {
             interaction_token: self.token.clone(),
             application_id: self.application_id,
             message_id: None,
+            attachment_size_limit: Some(self.attachment_size_limit),
         }
     }
 }
@@ -102,8 +103,6 @@ pub async fn submit(http: &Http, data: &Data, inv: &Invocation, mut spec: JobSpe
     }
     match data.service.submit(spec.clone(), origin.clone()).await {
         Ok(submitted) => {
-            data.notifier
-                .remember_limit(submitted.id, inv.attachment_size_limit);
             let record = JobRecord {
                 id: submitted.id,
                 spec: JobSpec {
