@@ -205,6 +205,34 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// A job as it is when it enters the queue (its input image stays in the store).
+    pub fn queued(
+        id: JobId,
+        spec: JobSpec,
+        origin: Origin,
+        round: u64,
+        created_at: SystemTime,
+    ) -> Self {
+        JobRecord {
+            id,
+            spec: JobSpec {
+                image: None,
+                ..spec
+            },
+            origin,
+            state: JobState::Queued,
+            round,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            result_path: None,
+            steps_run: None,
+            prompt_truncated: false,
+            delivered: false,
+        }
+    }
+
     /// Run time of a finished job.
     pub fn run_time(&self) -> Option<Duration> {
         self.finished_at?.duration_since(self.started_at?).ok()

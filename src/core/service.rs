@@ -466,24 +466,13 @@ impl JobService {
         let position = state.scheduler.confirm(reservation, id);
         state.active.insert(
             id,
-            JobRecord {
+            JobRecord::queued(
                 id,
-                spec: JobSpec {
-                    image: None,
-                    ..spec
-                },
+                spec,
                 origin,
-                state: JobState::Queued,
                 round,
-                created_at: crate::core::jobs::from_millis(crate::core::jobs::to_millis(now)),
-                started_at: None,
-                finished_at: None,
-                error: None,
-                result_path: None,
-                steps_run: None,
-                prompt_truncated: false,
-                delivered: false,
-            },
+                crate::core::jobs::from_millis(crate::core::jobs::to_millis(now)),
+            ),
         );
         drop(state);
         self.inner.wake.notify_one();

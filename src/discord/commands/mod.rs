@@ -15,7 +15,7 @@ use serenity::all::{
 use serenity::builder::Builder;
 
 use super::bot::{Data, Error};
-use crate::core::jobs::{JobRecord, JobSpec, JobState, Origin};
+use crate::core::jobs::{JobRecord, JobSpec, Origin};
 use crate::models::config::Variant;
 
 /// Every command the bot registers.
@@ -103,24 +103,8 @@ pub async fn submit(http: &Http, data: &Data, inv: &Invocation, mut spec: JobSpe
     }
     match data.service.submit(spec.clone(), origin.clone()).await {
         Ok(submitted) => {
-            let record = JobRecord {
-                id: submitted.id,
-                spec: JobSpec {
-                    image: None,
-                    ..spec
-                },
-                origin,
-                state: JobState::Queued,
-                round: 0,
-                created_at: std::time::SystemTime::now(),
-                started_at: None,
-                finished_at: None,
-                error: None,
-                result_path: None,
-                steps_run: None,
-                prompt_truncated: false,
-                delivered: false,
-            };
+            let record =
+                JobRecord::queued(submitted.id, spec, origin, 0, std::time::SystemTime::now());
             data.notifier.submitted(&record, submitted.position);
         }
         Err(refusal) => refuse_deferred(http, inv, &refusal.to_string()).await,
