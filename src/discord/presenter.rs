@@ -2,6 +2,7 @@
 //! the buttons of the one message a job lives in. Unit tests pin the wording and Discord's
 //! size limits here; the adapter only turns a [`View`] into a request.
 
+use crate::engine::image_input::ImageFit;
 use std::time::Duration;
 
 use crate::core::jobs::{JobId, JobKind, JobRecord};
@@ -241,6 +242,10 @@ fn embed(job: &JobRecord, stage: &Stage) -> Embed {
     fields.push(field("ETA", &format!("{}", spec.eta), true));
     fields.push(field("FPS", &spec.fps.to_string(), true));
     fields.push(field("Variant", spec.variant.name(), true));
+    if spec.kind == JobKind::ImageToVideo {
+        // Jobs use the engine's default fit (the service sets no other).
+        fields.push(field("Image fit", ImageFit::default().name(), true));
+    }
     if let Stage::Done { generation } = stage {
         fields.push(field(
             "Generation time",
