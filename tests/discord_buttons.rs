@@ -22,16 +22,6 @@ fn t2v(fake: &FakeDiscord, prompt: &str, steps: u64, invoker: Invoker) -> String
     fake.send_command(&spec).0
 }
 
-fn button(message: &Value, prefix: &str) -> String {
-    message["components"][0]["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["custom_id"].as_str().unwrap().to_string())
-        .find(|id| id.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} button on {message:#}"))
-}
-
 /// The ephemeral answer to a click (deferred ephemerally, then edited).
 async fn click_answer(fake: &FakeDiscord, token: &str) -> String {
     fake.wait_for(Duration::from_secs(30), "the click's answer", |r| {
@@ -40,14 +30,6 @@ async fn click_answer(fake: &FakeDiscord, token: &str) -> String {
     .await
     .content()
     .to_string()
-}
-
-fn field(body: &Value, name: &str) -> Option<String> {
-    body["embeds"][0]["fields"]
-        .as_array()?
-        .iter()
-        .find(|f| f["name"] == name)
-        .map(|f| f["value"].as_str().unwrap().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -69,7 +51,7 @@ async fn cancel_while_queued_and_while_running() {
 
     // Someone else's job: refused, and nothing changes.
     let (t, _) = fake.click(
-        &button(&queued_msg, "v1:cancel:"),
+        &button_id(&queued_msg, "v1:cancel:"),
         &queued_msg,
         &Invoker::numbered(3),
     );
@@ -78,7 +60,7 @@ async fn cancel_while_queued_and_while_running() {
 
     // The author cancels the waiting job: it leaves the queue and its message says so.
     let (t, _) = fake.click(
-        &button(&queued_msg, "v1:cancel:"),
+        &button_id(&queued_msg, "v1:cancel:"),
         &queued_msg,
         &Invoker::numbered(2),
     );
@@ -93,7 +75,7 @@ async fn cancel_while_queued_and_while_running() {
     // An admin cancels the running job: it stops at its next step.
     let running_msg = fake.original(&running).unwrap();
     let (t, _) = fake.click(
-        &button(&running_msg, "v1:cancel:"),
+        &button_id(&running_msg, "v1:cancel:"),
         &running_msg,
         &Invoker::admin(),
     );
@@ -105,7 +87,7 @@ async fn cancel_while_queued_and_while_running() {
     })
     .await;
     let final_msg = fake.original(&running).unwrap();
-    assert!(button(&final_msg, "v1:reroll:").starts_with("v1:reroll:"));
+    assert!(button_id(&final_msg, "v1:reroll:").starts_with("v1:reroll:"));
     assert!(
         videos(&fake, Some(&running)).is_empty(),
         "no video for a cancelled job"
@@ -122,12 +104,12 @@ async fn reroll_and_remix_work_also_after_a_restart() {
 
     let first = t2v(&fake, "a red fox in snow", 4, Invoker::member());
     let first_video = wait_video(&fake, &first, Duration::from_secs(120)).await;
-    let first_seed = field(first_video.json.as_ref().unwrap(), "Seed").unwrap();
+    let first_seed = embed_field(first_video.json.as_ref().unwrap(), "Seed").unwrap();
     let message = fake.original(&first).unwrap();
 
     // Re-roll: same prompt and steps, another seed, in a new message.
     let (reroll, _) = fake.click(
-        &button(&message, "v1:reroll:"),
+        &button_id(&message, "v1:reroll:"),
         &message,
         &Invoker::member(),
     );
@@ -140,8 +122,8 @@ async fn reroll_and_remix_work_also_after_a_restart() {
     let video = wait_video(&fake, &reroll, Duration::from_secs(120)).await;
     let body = video.json.as_ref().unwrap();
     assert_eq!(body["embeds"][0]["description"], "a red fox in snow");
-    assert_eq!(field(body, "Steps").as_deref(), Some("4"));
-    assert_ne!(field(body, "Seed").unwrap(), first_seed);
+    assert_eq!(embed_field(body, "Steps").as_deref(), Some("4"));
+    assert_ne!(embed_field(body, "Seed").unwrap(), first_seed);
 
     // Restart: a new process, same database.
     stop(bot).await;
@@ -153,7 +135,11 @@ async fn reroll_and_remix_work_also_after_a_restart() {
     .await;
 
     // Remix on the pre-restart message: a modal prefilled with the original prompt...
-    let (remix, _) = fake.click(&button(&message, "v1:remix:"), &message, &Invoker::member());
+    let (remix, _) = fake.click(
+        &button_id(&message, "v1:remix:"),
+        &message,
+        &Invoker::member(),
+    );
     let modal = fake
         .wait_for(Duration::from_secs(5), "the modal", |r| {
             r.is("POST", &format!("/{remix}/callback"))
@@ -185,12 +171,12 @@ async fn reroll_and_remix_work_also_after_a_restart() {
     let video = wait_video(&fake, &submitted, Duration::from_secs(120)).await;
     let body = video.json.as_ref().unwrap();
     assert_eq!(body["embeds"][0]["description"], "a blue fox in snow");
-    assert_eq!(field(body, "Seed").as_deref(), Some("7"));
-    assert_eq!(field(body, "Steps").as_deref(), Some("4"));
+    assert_eq!(embed_field(body, "Seed").as_deref(), Some("7"));
+    assert_eq!(embed_field(body, "Steps").as_deref(), Some("4"));
 
     // Re-roll after the restart too.
     let (reroll2, _) = fake.click(
-        &button(&message, "v1:reroll:"),
+        &button_id(&message, "v1:reroll:"),
         &message,
         &Invoker::member(),
     );

@@ -46,27 +46,9 @@ fn t2v(fake: &FakeDiscord, options: Vec<Value>) -> (String, std::time::Instant) 
     fake.send_command(&CommandSpec::new("t2v", options))
 }
 
-fn field(body: &Value, name: &str) -> Option<String> {
-    body["embeds"][0]["fields"]
-        .as_array()?
-        .iter()
-        .find(|f| f["name"] == name)
-        .map(|f| f["value"].as_str().unwrap().to_string())
-}
-
-fn button(message: &Value, prefix: &str) -> String {
-    message["components"][0]["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["custom_id"].as_str().unwrap().to_string())
-        .find(|id| id.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix} button on {message:#}"))
-}
-
 /// The stored job a delivered message belongs to (its Re-roll button names it).
 async fn stored_job(bot: &RunningBot, delivered: &Recorded) -> JobRecord {
-    let id = button(delivered.json.as_ref().unwrap(), "v1:reroll:")
+    let id = button_id(delivered.json.as_ref().unwrap(), "v1:reroll:")
         .rsplit(':')
         .next()
         .unwrap()
@@ -175,7 +157,10 @@ async fn t2v_expand_shows_both_prompts_and_the_engine_runs_on_the_expansion() {
         done.content()
     );
     assert_eq!(body["embeds"][0]["description"], "a cat surfing");
-    assert_eq!(field(body, "Expanded prompt").as_deref(), Some(EXPANDED));
+    assert_eq!(
+        embed_field(body, "Expanded prompt").as_deref(),
+        Some(EXPANDED)
+    );
 
     let job = stored_job(&bot, &done).await;
     assert_eq!(job.spec.prompt, "a cat surfing");
@@ -208,7 +193,7 @@ async fn t2v_expand_shows_both_prompts_and_the_engine_runs_on_the_expansion() {
     );
     assert_eq!(llm.hits(), 1, "expand:false makes no LLM call");
     assert_eq!(
-        field(orig.json.as_ref().unwrap(), "Expanded prompt"),
+        embed_field(orig.json.as_ref().unwrap(), "Expanded prompt"),
         None,
         "nothing expanded, nothing shown"
     );
@@ -254,7 +239,7 @@ async fn a_failing_llm_falls_back_to_the_original_prompt_with_a_one_line_notice(
         // Delivered all the same, on the member's words, with one line saying why.
         let body = done.json.as_ref().unwrap();
         assert_eq!(body["embeds"][0]["description"], prompt);
-        assert_eq!(field(body, "Expanded prompt"), None);
+        assert_eq!(embed_field(body, "Expanded prompt"), None);
         let content = done.content();
         let lines: Vec<&str> = content.lines().collect();
         assert_eq!(lines.len(), 2, "{content}");
@@ -291,20 +276,20 @@ async fn reroll_keeps_the_expansion_without_the_llm_and_remix_starts_from_the_or
     );
     let first_video = wait_video(&fake, &first, Duration::from_secs(120)).await;
     assert_eq!(llm.hits(), 1);
-    let first_seed = field(first_video.json.as_ref().unwrap(), "Seed").unwrap();
+    let first_seed = embed_field(first_video.json.as_ref().unwrap(), "Seed").unwrap();
     let message = fake.original(&first).unwrap();
 
     // Re-roll: the stored expansion again, a new seed, and no second LLM call.
     let (reroll, _) = fake.click(
-        &button(&message, "v1:reroll:"),
+        &button_id(&message, "v1:reroll:"),
         &message,
         &Invoker::member(),
     );
     let video = wait_video(&fake, &reroll, Duration::from_secs(120)).await;
     let body = video.json.as_ref().unwrap();
     assert_eq!(body["embeds"][0]["description"], "a fox");
-    assert_eq!(field(body, "Expanded prompt").as_deref(), Some(fox));
-    assert_ne!(field(body, "Seed").unwrap(), first_seed);
+    assert_eq!(embed_field(body, "Expanded prompt").as_deref(), Some(fox));
+    assert_ne!(embed_field(body, "Seed").unwrap(), first_seed);
     assert_eq!(llm.hits(), 1, "a Re-roll does not ask the LLM again");
     let texts = progress_texts(&fake, &reroll);
     assert!(!texts.iter().any(|t| t.contains("Expanding")), "{texts:#?}");
@@ -313,7 +298,11 @@ async fn reroll_keeps_the_expansion_without_the_llm_and_remix_starts_from_the_or
     assert_eq!(job.spec.expanded_prompt.as_deref(), Some(fox));
 
     // Remix: the modal holds what the member wrote, not the expansion...
-    let (remix, _) = fake.click(&button(&message, "v1:remix:"), &message, &Invoker::member());
+    let (remix, _) = fake.click(
+        &button_id(&message, "v1:remix:"),
+        &message,
+        &Invoker::member(),
+    );
     let modal = fake
         .wait_for(Duration::from_secs(5), "the modal", |r| {
             r.is("POST", &format!("/{remix}/callback"))
@@ -349,6 +338,6 @@ async fn reroll_keeps_the_expansion_without_the_llm_and_remix_starts_from_the_or
     );
     let body = video.json.as_ref().unwrap();
     assert_eq!(body["embeds"][0]["description"], "a fox in the rain");
-    assert_eq!(field(body, "Expanded prompt").as_deref(), Some(rain));
+    assert_eq!(embed_field(body, "Expanded prompt").as_deref(), Some(rain));
     stop(bot).await;
 }

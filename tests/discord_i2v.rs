@@ -190,7 +190,10 @@ async fn i2v_generates_and_its_buttons_reuse_the_stored_image() {
     let body = done.json.as_ref().unwrap();
     assert_eq!(body["embeds"][0]["description"], "the cat blinks");
     assert_eq!(embed_field(body, "Variant").as_deref(), Some("tiny-i2v"));
-    assert_eq!(embed_field(body, "Image fit").as_deref(), Some("centre-crop"));
+    assert_eq!(
+        embed_field(body, "Image fit").as_deref(),
+        Some("centre-crop")
+    );
     assert_eq!(embed_field(body, "Seed").as_deref(), Some("11"));
     assert_eq!(embed_field(body, "Steps").as_deref(), Some("3"));
     assert_eq!(probe_posted(&dir.0, &done), (4, 48, 32));
