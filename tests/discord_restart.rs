@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -38,23 +38,6 @@ default_steps = 2
     )
     .unwrap();
     config
-}
-
-fn spawn_serve(fake: &FakeDiscord, config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_floor33"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("DISCORD_TOKEN", "binary-token")
-        .env(
-            "FLOOR33_DISCORD_API_BASE",
-            format!("{}/api/v10", fake.api_base()),
-        )
-        .env("NO_PROXY", "127.0.0.1")
-        .env("RUST_LOG", "floor33=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
 }
 
 /// Kills the child if a test fails before it is stopped.

@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::discord_bot::Scratch;
+use support::discord_bot::{spawn_serve, Scratch};
 use support::fake_discord::payloads::*;
 use support::fake_discord::FakeDiscord;
 
@@ -45,20 +45,7 @@ cdn_hosts = ["{}"]
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_floor33"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("DISCORD_TOKEN", "binary-token")
-        .env(
-            "FLOOR33_DISCORD_API_BASE",
-            format!("{}/api/v10", fake.api_base()),
-        )
-        .env("NO_PROXY", "127.0.0.1")
-        .env("RUST_LOG", "floor33=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&fake, &config);
 
     fake.wait_ready(Duration::from_secs(90)).await;
     assert_eq!(fake.identifies()[0]["token"], "Bot binary-token");

@@ -2,7 +2,6 @@
 //! typed refusals, reproducible seeds, image-to-video jobs beside text-to-video ones.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use candle_core::{DType, Device};
 use floor33::engine::image_input::ImageFit;
@@ -188,7 +187,6 @@ fn image_to_video_jobs_run_beside_text_to_video_ones() {
         .wait_blocking(|_| {})
         .unwrap();
     assert_eq!(t2v.image_fit, None);
-    let _ = Duration::ZERO;
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod support;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use floor33::models::unet::UNetModel;
 use floor33::models::vae::AutoencoderKL;
 use floor33::sampler::ddim::{sample, Conditioning, Flow};
@@ -87,7 +87,6 @@ fn check_variant(variant: &str) {
             VIDEO_TOL,
         );
     }
-    let _ = Device::Cpu;
 }
 
 #[test]

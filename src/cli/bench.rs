@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use clap::Args;
 
-use crate::engine::device::{select_device, select_dtype};
+use super::DeviceArgs;
 use crate::engine::{GenerationRequest, Limits, Pipeline};
 use crate::models::config::Variant;
 use crate::sampler::ddim::Flow;
@@ -31,16 +31,13 @@ pub struct BenchArgs {
     /// Timed UNet forwards (after one warm-up).
     #[arg(long, default_value_t = 3)]
     pub unet_runs: usize,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub compute: DeviceArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let variant = Variant::parse(&args.variant)?;
-    let device = select_device(&args.device)?;
-    let dtype = select_dtype(&args.dtype, &device)?;
+    let (device, dtype) = args.compute.select()?;
     let mut config = variant.config();
     config.defaults.height = args.height.unwrap_or(config.defaults.height);
     config.defaults.width = args.width.unwrap_or(config.defaults.width);
@@ -135,7 +132,6 @@ fn report_memory(device: &Device) {
     if !device.is_cpu() {
         println!("GPU memory: see nvidia-smi (candle does not expose the allocator's peak)");
     }
-    let _ = DType::F32;
 }
 
 fn peak_rss_kib() -> Option<u64> {

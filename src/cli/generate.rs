@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::engine::device::{select_device, select_dtype};
+use super::DeviceArgs;
 use crate::engine::image_input::{decode_image, ImageFit, ImageLimits};
 use crate::engine::loader;
 use crate::engine::{EngineHandle, GenerationRequest, JobOptions, Limits};
@@ -57,11 +57,8 @@ pub struct GenerateArgs {
     /// Checkpoint files (model.ckpt or .safetensors); default: see `floor33 weights path`.
     #[arg(long)]
     pub weights: Vec<PathBuf>,
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// auto (f16 on GPU, f32 on CPU), f32, f16, bf16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
+    #[command(flatten)]
+    pub compute: DeviceArgs,
     /// x264 constant rate factor.
     #[arg(long, default_value_t = 18)]
     pub crf: u8,
@@ -111,8 +108,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     eprintln!("seed {seed}");
 
-    let device = select_device(&args.device)?;
-    let dtype = select_dtype(&args.dtype, &device)?;
+    let (device, dtype) = args.compute.select()?;
     let weights = args.weights.clone();
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {variant}"));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));

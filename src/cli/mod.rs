@@ -34,6 +34,25 @@ pub enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// Where a command computes: shared by `generate` and `bench`.
+#[derive(Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// auto (CUDA when built with it and present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (f16 on GPU, f32 on CPU), f32, f16, bf16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+}
+
+impl DeviceArgs {
+    pub fn select(&self) -> Result<(candle_core::Device, candle_core::DType)> {
+        let device = crate::engine::device::select_device(&self.device)?;
+        let dtype = crate::engine::device::select_dtype(&self.dtype, &device)?;
+        Ok((device, dtype))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(*args),

@@ -229,3 +229,21 @@ pub fn probe_posted(dir: &Path, r: &super::fake_discord::Recorded) -> (usize, u3
     let probe = floor33::video::probe_mp4(&path).unwrap();
     (probe.frames, probe.width, probe.height)
 }
+
+/// Starts the real `floor33 serve` binary against `fake` with `config`.
+pub fn spawn_serve(fake: &super::fake_discord::FakeDiscord, config: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_floor33"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("DISCORD_TOKEN", "binary-token")
+        .env(
+            "FLOOR33_DISCORD_API_BASE",
+            format!("{}/api/v10", fake.api_base()),
+        )
+        .env("NO_PROXY", "127.0.0.1")
+        .env("RUST_LOG", "floor33=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
