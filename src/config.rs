@@ -128,7 +128,7 @@ impl Default for LlmConfig {
             base_url: None,
             model: "gpt-4o-mini".into(),
             api_key_env: None,
-            timeout_s: crate::core::expand::DEFAULT_TIMEOUT.as_secs(),
+            timeout_s: crate::llm::DEFAULT_TIMEOUT.as_secs(),
             temperature: 0.7,
             max_tokens: 200,
             prompts_dir: PathBuf::from("prompts"),

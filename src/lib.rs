@@ -3,11 +3,13 @@
 //! Flow: Discord adapter → core (jobs, queue, settings, store) → engine actor
 //! (pipelines → models, sampler) → video → core → Discord adapter.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod core;
 pub mod discord;
 pub mod engine;
+pub mod llm;
 pub mod models;
 pub mod sampler;
 pub mod video;

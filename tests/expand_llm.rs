@@ -6,7 +6,7 @@ mod support;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use floor33::core::expand::{ApiKey, ExpandKind, ExpanderConfig, Expansion, LlmExpander};
+use floor33::llm::{ApiKey, ExpandKind, ExpanderConfig, Expansion, LlmExpander};
 use floor33::models::tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 use support::fake_llm::{FakeLlm, Reply};
 
