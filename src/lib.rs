@@ -1,7 +1,9 @@
 //! floor33: VideoCrafter text-to-video and image-to-video in candle, served to Discord.
 //!
-//! Flow: Discord adapter → core (jobs, queue, settings, store) → engine actor
-//! (pipelines → models, sampler) → video → core → Discord adapter.
+//! Flow: Discord adapter → core (validate → submit → runner → delivery; jobs, queue, settings,
+//! store) → engine actor (pipelines → models, sampler) → video → core → Discord adapter. The
+//! LLM prompt expander ([`llm`]) is an outbound adapter behind a core port, like the engine
+//! and the notifier. [`app`] is the one place that starts and stops it all.
 
 pub mod app;
 pub mod cli;
