@@ -163,12 +163,8 @@ pub async fn start(
         .await
         .context("starting the job service")?;
     notifier.set_service(service.clone());
-    let downloader = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(options.download.timeout)
-        .build()
-        .context("building the download client")?;
+    let downloader =
+        super::download::client(&options.download).context("building the download client")?;
     *shared.lock().unwrap() = Some(Data {
         service: service.clone(),
         notifier,
