@@ -3,16 +3,14 @@
 //! expansion (interaction token in callback and webhook URLs, the LLM key in a header), and its
 //! whole stderr is searched for the bot token, the interaction token and the LLM key.
 
-mod support;
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::support::discord_bot::Scratch;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
+use super::support::fake_llm::{FakeLlm, Reply};
 use serde_json::json;
-use support::discord_bot::Scratch;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
-use support::fake_llm::{FakeLlm, Reply};
 
 const BOT_TOKEN: &str = "MTk4.bot-token-never-logged.x9Q";
 const LLM_KEY: &str = "sk-llm-key-never-logged-4242";
