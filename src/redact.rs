@@ -3,7 +3,8 @@
 //! no single call site can be trusted to leave them out. So every log line passes through
 //! [`redact`] on its way to stderr ([`RedactingStderr`]), which masks:
 //! - the token segment of `/webhooks/{id}/{token}` and `/interactions/{id}/{token}` URLs;
-//! - the value of any `…token` field (`"token": "…"`, `token="…"`, `token: Some("…")`);
+//! - the value of any `…token`, `api_key` or `password` field (`"token": "…"`, `token="…"`,
+//!   `token: Some("…")`);
 //! - `Bot …` / `Bearer …` credentials and the user-info part of URLs;
 //! - Discord interaction tokens by their fixed prefix;
 //! - every secret value registered with [`register_secret`] (the bot token, the LLM key).
@@ -58,7 +59,7 @@ fn patterns() -> &'static Patterns {
                 ),
                 rule(
                     &format!(
-                        r#"(?i)([a-z_]*token\\?\x22?{ANSI}\s*{ANSI}[:=]{ANSI}\s*(?:Some\()?\\?\x22?)[^\s\x22\\,)}}]+"#
+                        r#"(?i)([a-z_]*(?:token|api_?key|password)\\?\x22?{ANSI}\s*{ANSI}[:=]{ANSI}\s*(?:Some\()?\\?\x22?)[^\s\x22\\,)}}]+"#
                     ),
                     "${1}<redacted>",
                 ),
@@ -159,6 +160,8 @@ mod tests {
             ("interaction_token=Some(\"tok5\")", "interaction_token"),
             ("token:\x1b[0m \"tok5\"", "token"),
             (r#"payload: "{\"token\":\"tok5\"}""#, "payload"),
+            ("api_key=tok5 model=m", "model=m"),
+            (r#"{"password":"tok5"}"#, "password"),
         ] {
             let out = redact(line);
             assert!(!out.contains("tok5"), "{line} -> {out}");
