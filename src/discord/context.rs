@@ -1,8 +1,6 @@
 //! What every command and button handler can reach, in a module of its own so that the command
 //! files and the bot's start-up ([`super::bot`]) do not import each other.
 
-use std::time::Duration;
-
 use super::download::DownloadPolicy;
 use crate::core::jobs::VideoShape;
 use crate::core::JobService;
@@ -28,12 +26,9 @@ impl Data {
         video_shape: Option<VideoShape>,
     ) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let downloader = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(download.timeout)
-            .build()
-            .context("building the download client")?;
+        // The hardened client: https only, every redirect hop checked against the allow-list.
+        let downloader =
+            super::download::client(&download).context("building the download client")?;
         Ok(Data {
             service,
             downloader,

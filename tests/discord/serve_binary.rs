@@ -38,6 +38,7 @@ default_steps = 2
 
 [discord]
 cdn_hosts = ["{}"]
+insecure_loopback_cdn_for_tests = true
 "#,
             dir.0.join("floor33.db").display(),
             fake.cdn_host()

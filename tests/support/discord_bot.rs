@@ -76,6 +76,8 @@ pub fn service_config(dir: &Path) -> ServiceConfig {
 pub fn bot_options(fake: &FakeDiscord) -> BotOptions {
     let mut download = DownloadPolicy::default();
     download.allowed_hosts.push(fake.cdn_host());
+    // The fake CDN is plain http on a loopback port.
+    download.insecure_loopback_for_tests = true;
     download.max_bytes = 64 * 1024;
     BotOptions {
         token: TOKEN.into(),
