@@ -100,6 +100,15 @@ pub const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX audit_by_guild ON audit_log(guild_id, at);",
     },
+    // 3: leases, for workers that claim jobs from a shared database; the claim order's index.
+    Migration {
+        sqlite: "ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_expires_at INTEGER;
+        CREATE INDEX jobs_by_turn ON jobs(state, round, id);",
+        postgres: "ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_expires_at BIGINT;
+        CREATE INDEX jobs_by_turn ON jobs(state, round, id);",
+    },
 ];
 
 /// The schema version this build writes.

@@ -19,6 +19,7 @@
 //! `Store` is synchronous; async code goes through [`StoreHandle`], which runs each call on
 //! tokio's blocking pool so that a slow disk or network never holds up the runtime.
 
+pub mod claims;
 mod migrations;
 mod postgres;
 pub(crate) mod sql;
@@ -321,7 +322,11 @@ impl Store {
 
     /// Back to waiting (an interrupted run): keeps its round, so its place at the head.
     pub fn mark_queued(&mut self, id: JobId) -> Result<(), StoreError> {
-        self.update(id, "state = 'queued', started_at = NULL", args![id.0])
+        self.update(
+            id,
+            "state = 'queued', started_at = NULL, lease_owner = NULL, lease_expires_at = NULL",
+            args![id.0],
+        )
     }
 
     pub fn mark_done(
@@ -392,6 +397,8 @@ impl Store {
 
     /// Start-up: jobs left running are queued again; returns what must be scheduled, what must
     /// still be delivered, and the rows that no longer read (now `failed`, see [`Quarantined`]).
+    /// This is the single-process rule (whatever ran was ours); processes sharing a database
+    /// take back only what a dead worker held, with [`Store::release_expired_leases`].
     pub fn recover(&mut self) -> Result<Recovered, StoreError> {
         let now = to_millis(SystemTime::now());
         self.transaction(|db| {
@@ -404,7 +411,9 @@ impl Store {
                 .map(|r| r.int(0).map(JobId))
                 .collect::<Result<Vec<_>, _>>()?;
             db.execute(
-                "UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'",
+                "UPDATE jobs SET state = 'queued', started_at = NULL, lease_owner = NULL,
+                        lease_expires_at = NULL
+                 WHERE state = 'running'",
                 &[],
             )?;
             let mut recovered = Recovered {
@@ -611,12 +620,14 @@ fn quarantine(
     Ok(Quarantined { id, reason, origin })
 }
 
+/// The columns [`read_job`] reads, in its order.
+fn select_columns() -> &'static str {
+    "id, state, round, spec, origin, created_at, started_at, finished_at, error, result_path,
+     steps_run, prompt_truncated, delivered"
+}
+
 fn select_jobs(tail: &str) -> String {
-    format!(
-        "SELECT id, state, round, spec, origin, created_at, started_at, finished_at, error,
-                result_path, steps_run, prompt_truncated, delivered
-         FROM jobs {tail}"
-    )
+    format!("SELECT {} FROM jobs {tail}", select_columns())
 }
 
 /// A row to a record; fails for a row whose JSON or state no longer parses.

@@ -630,3 +630,141 @@ fn a_test_database_is_dropped_even_when_its_test_panics() {
         "{name} is left behind"
     );
 }
+
+#[test]
+fn workers_claim_in_fair_order_and_expired_leases_come_back() {
+    for db in test_dbs() {
+        let mut store = db.open();
+        let now = from_millis(1_700_000_000_000);
+        // Rounds as the scheduler gives them: member 1 queued three, member 2 two, later.
+        let a1 = store.insert_job(&spec("a1"), &origin(1), 1, now).unwrap();
+        let a2 = store.insert_job(&spec("a2"), &origin(1), 2, now).unwrap();
+        let a3 = store.insert_job(&spec("a3"), &origin(1), 3, now).unwrap();
+        let b1 = store.insert_job(&spec("b1"), &origin(2), 1, now).unwrap();
+        let b2 = store.insert_job(&spec("b2"), &origin(2), 2, now).unwrap();
+        let ttl = Duration::from_secs(30);
+        let first = store.claim_next("w1", now, ttl).unwrap().unwrap();
+        assert_eq!(first.id, a1, "{}", db.name());
+        assert_eq!(first.state, JobState::Running);
+        assert_eq!(
+            store.lease(a1).unwrap(),
+            Some(claims::Lease {
+                worker: "w1".into(),
+                expires_at: now + ttl
+            })
+        );
+        let second = store.claim_next("w2", now, ttl).unwrap().unwrap();
+        assert_eq!(
+            second.id,
+            b1,
+            "{}: member 2 goes before member 1's second",
+            db.name()
+        );
+
+        // w1 renews; w2 does not and loses its job once the lease runs out.
+        let later = now + Duration::from_secs(20);
+        assert!(store.renew_lease(a1, "w1", later, ttl).unwrap());
+        assert!(!store.renew_lease(a1, "w2", later, ttl).unwrap());
+        let expired = now + Duration::from_secs(31);
+        assert_eq!(store.release_expired_leases(expired).unwrap(), vec![b1]);
+        assert!(!store.renew_lease(b1, "w2", expired, ttl).unwrap());
+        assert_eq!(store.lease(b1).unwrap(), None);
+        let job = store.job(b1).unwrap().unwrap();
+        assert_eq!((job.state, job.round), (JobState::Queued, 1));
+
+        // It keeps its place: next in line, then rounds 2, 2, 3.
+        let order: Vec<JobId> =
+            std::iter::from_fn(|| store.claim_next("w3", expired, ttl).unwrap().map(|j| j.id))
+                .collect();
+        assert_eq!(order, vec![b1, a2, b2, a3], "{}", db.name());
+        assert!(store.claim_next("w3", expired, ttl).unwrap().is_none());
+        // A lease renewed in time is not released.
+        assert!(store.release_expired_leases(expired).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_claim_skips_an_unreadable_row() {
+    for db in test_dbs() {
+        let mut store = db.open();
+        let now = SystemTime::now();
+        let bad = store.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
+        let good = store.insert_job(&spec("b"), &origin(2), 1, now).unwrap();
+        raw(
+            &store,
+            "UPDATE jobs SET spec = '{' WHERE id = ?1",
+            sql::args![bad.0],
+        );
+        let job = store.claim_next("w", now, Duration::from_secs(5)).unwrap();
+        assert_eq!(job.map(|j| j.id), Some(good), "{}", db.name());
+        assert_eq!(store.counts(None, now).unwrap().failed, 1);
+    }
+}
+
+#[test]
+fn two_concurrent_claimers_never_take_the_same_job() {
+    for db in test_dbs() {
+        let mut store = db.open();
+        let now = SystemTime::now();
+        let all: Vec<JobId> = (0..60)
+            .map(|i| {
+                store
+                    .insert_job(&spec("p"), &origin(i % 7), i / 7, now)
+                    .unwrap()
+            })
+            .collect();
+        drop(store);
+        let location = db.location();
+        let claimed: Vec<Vec<JobId>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["w1", "w2"]
+                .into_iter()
+                .map(|worker| {
+                    let location = location.clone();
+                    s.spawn(move || {
+                        let mut store = Store::open(location).unwrap();
+                        let mut mine = Vec::new();
+                        while let Some(job) = store
+                            .claim_next(worker, SystemTime::now(), Duration::from_secs(60))
+                            .unwrap()
+                        {
+                            assert_eq!(store.lease(job.id).unwrap().unwrap().worker, worker);
+                            mine.push(job.id);
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut every: Vec<JobId> = claimed.concat();
+        every.sort();
+        assert_eq!(every, all, "{}: each job claimed exactly once", db.name());
+    }
+}
+
+#[test]
+fn a_postgres_claim_skips_a_row_another_transaction_holds() {
+    let Some(pg) = PgTestDatabase::create() else {
+        return;
+    };
+    let mut store = Store::open(Location::Postgres(pg.url.clone())).unwrap();
+    let now = SystemTime::now();
+    let first = store.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
+    let second = store.insert_job(&spec("b"), &origin(2), 1, now).unwrap();
+    let mut other = postgres::connect(&pg.url).unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", &[&first.0])
+        .unwrap();
+    // Not blocked by the held row: takes the next one at once.
+    let job = store
+        .claim_next("w", now, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.id, second);
+    tx.rollback().unwrap();
+    let job = store
+        .claim_next("w", now, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.id, first);
+}
