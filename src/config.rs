@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::core::service::ServiceConfig;
 use crate::core::settings::GuildSettings;
+use crate::core::store::Location;
 use crate::engine::Limits;
 use crate::models::config::Variant;
 
@@ -53,7 +54,11 @@ pub struct VariantConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// The embedded SQLite file, used unless `url` is set.
     pub path: PathBuf,
+    /// A PostgreSQL server (`postgres://user:password@host:5432/dbname`) shared by every
+    /// floor33 process, instead of the file at `path`.
+    pub url: Option<DatabaseUrl>,
     /// Where finished videos are kept; `results/` beside the database when absent.
     pub results_dir: Option<PathBuf>,
 }
@@ -121,8 +126,45 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             path: PathBuf::from("floor33-data/floor33.db"),
+            url: None,
             results_dir: None,
         }
+    }
+}
+
+/// A PostgreSQL URL; `Debug` hides its password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", Location::Postgres(self.0.clone()))
+    }
+}
+
+impl DatabaseConfig {
+    /// Where the store lives: the PostgreSQL server when `url` is set, else the SQLite file.
+    pub fn location(&self) -> Location {
+        Location::new(&self.path, self.url.as_ref().map(DatabaseUrl::expose))
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(url) = &self.url {
+            crate::core::store::check_postgres_url(url.expose())
+                .map_err(|e| anyhow::anyhow!("`database.url`: {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +295,9 @@ impl Config {
         if let Some(v) = var("FLOOR33_DATABASE_PATH") {
             self.database.path = PathBuf::from(v);
         }
+        if let Some(v) = var("FLOOR33_DATABASE_URL") {
+            self.database.url = Some(v).filter(|s| !s.trim().is_empty()).map(DatabaseUrl);
+        }
         if let Some(v) = var("FLOOR33_RESULTS_DIR") {
             self.database.results_dir = Some(PathBuf::from(v));
         }
@@ -358,6 +403,7 @@ impl Config {
 
     fn validate_database(&self) -> Result<()> {
         let db = &self.database;
+        db.validate()?;
         if db.path.as_os_str().is_empty() {
             bail!("`database.path` is empty");
         }
@@ -720,6 +766,44 @@ mod tests {
         );
         let bad = config.apply_env(|k| (k == "FLOOR33_GLOBAL_CAP").then(|| "lots".to_string()));
         assert!(bad.unwrap_err().to_string().contains("FLOOR33_GLOBAL_CAP"));
+    }
+
+    #[test]
+    fn database_url_selects_postgres_and_is_checked_without_printing_its_password() {
+        let config = Config::default();
+        assert_eq!(
+            config.database.location(),
+            Location::Sqlite(PathBuf::from("floor33-data/floor33.db"))
+        );
+        let text = "[database]\nurl = \"postgres://floor33:hunter2@db.lan:5432/floor33\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.database.location(),
+            Location::Postgres("postgres://floor33:hunter2@db.lan:5432/floor33".into())
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        for bad in [
+            "mysql://floor33:hunter2@db.lan/floor33",
+            "floor33.db",
+            "postgres://floor33:hunter2@db.lan:port/floor33",
+        ] {
+            let err = Config::from_toml(&format!("[database]\nurl = \"{bad}\"\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("database.url"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let mut config = Config::default();
+        config
+            .apply_env(|k| (k == "FLOOR33_DATABASE_URL").then(|| "postgres://h/db".to_string()))
+            .unwrap();
+        assert_eq!(
+            config.database.location(),
+            Location::Postgres("postgres://h/db".into())
+        );
     }
 
     #[test]
