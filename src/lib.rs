@@ -9,6 +9,7 @@ pub mod core;
 pub mod discord;
 pub mod engine;
 pub mod models;
+pub mod ops;
 pub mod sampler;
 pub mod video;
 pub mod weights;
