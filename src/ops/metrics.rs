@@ -220,6 +220,16 @@ impl Metrics {
             .dec();
     }
 
+    /// A running job was stopped by shutdown and put back in the queue; it counts as queued
+    /// again and will start again.
+    pub fn job_requeued(&self, variant: Variant) {
+        self.count_state(variant, JobState::Queued);
+        self.inner
+            .jobs_running
+            .get_or_create(&variant_labels(variant))
+            .dec();
+    }
+
     /// A job that had not started was cancelled.
     pub fn job_cancelled_while_waiting(&self, variant: Variant) {
         self.count_state(variant, JobState::Cancelled);
