@@ -5,5 +5,6 @@
 mod support;
 
 mod generate_cli;
+mod generate_cli_limits;
 mod mp4;
 mod weights;
