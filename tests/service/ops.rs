@@ -1,14 +1,21 @@
 //! The ops listener over real HTTP: `/metrics` parses as Prometheus text and moves with the
-//! typed calls, `/healthz` answers, `/readyz` turns from 503 to 200 when its probes pass.
+//! typed calls, `/healthz` answers, `/readyz` turns from 503 to 200 when its probes pass. And
+//! the callers: the job service counts a job's life and its refusals, the LLM adapter its
+//! fallbacks by reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::support::fake_llm::{FakeLlm, Reply};
+use super::support::job_fakes::*;
 use super::support::prometheus::{parse_exposition, value, Sample};
 use floor33::core::refusal::Refusal;
+use floor33::core::{JobService, ServiceConfig, ShutdownMode};
+use floor33::llm::{ExpandKind, ExpanderConfig, LlmExpander};
 use floor33::models::config::Variant;
+use floor33::models::tokenizer::ClipTokenizer;
 use floor33::ops::{
     probe_fn, DiscordFailure, JobOutcome, LlmFallback, Metrics, OpsServer, Readiness,
 };
@@ -227,4 +234,126 @@ async fn an_address_in_use_is_an_error_naming_the_key() {
         text.contains("`ops.listen`") && text.contains(&addr.to_string()),
         "{text}"
     );
+}
+
+/// The job service records a job's life in the metrics it is given: queued, started (with its
+/// wait), each timed step, done; and a refusal by its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_service_counts_a_jobs_life_and_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::new();
+    let mut config = ServiceConfig::new(dir.path().join("floor33.db"));
+    config.defaults.default_variant = Variant::Tiny;
+    config.metrics = metrics.clone();
+    let notifier = shared(RecordingNotifier::default());
+    let service = JobService::start(config, tiny_engine(), notifier.clone(), None)
+        .await
+        .unwrap();
+
+    let id = service
+        .submit(tiny_spec("a red fox", 4), origin(1, 10))
+        .await
+        .unwrap()
+        .id;
+    wait_until(120, "delivery", || notifier.delivered() == vec![id]).await;
+    let refused = service.submit(tiny_spec("", 4), origin(1, 10)).await;
+    assert_eq!(refused.unwrap_err(), Refusal::EmptyPrompt);
+
+    let samples = parse_exposition(&metrics.encode());
+    let tiny = ("variant", "tiny");
+    for (state, n) in [("queued", 1.0), ("running", 1.0), ("done", 1.0)] {
+        assert_eq!(
+            value(&samples, "floor33_jobs_total", &[tiny, ("state", state)]),
+            n,
+            "{state}"
+        );
+    }
+    assert_eq!(value(&samples, "floor33_queue_depth", &[]), 0.0);
+    assert_eq!(value(&samples, "floor33_jobs_running", &[tiny]), 0.0);
+    assert_eq!(
+        value(&samples, "floor33_queue_wait_seconds_count", &[tiny]),
+        1.0
+    );
+    // Four steps: the three after the first report are timed.
+    assert_eq!(
+        value(&samples, "floor33_step_duration_seconds_count", &[tiny]),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "floor33_job_duration_seconds_count",
+            &[tiny, ("state", "done")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "floor33_refusals_total",
+            &[("reason", "empty_prompt")]
+        ),
+        1.0
+    );
+    service.shutdown(ShutdownMode::Requeue).await;
+}
+
+/// The LLM adapter counts each fallback by what went wrong.
+#[tokio::test]
+async fn llm_fallbacks_are_counted_by_reason() {
+    let metrics = Metrics::new();
+    let tokenizer = Arc::new(ClipTokenizer::new().unwrap());
+    let cases = [
+        (
+            Reply::Status(500, r#"{"error":"boom"}"#.into()),
+            "error_status",
+        ),
+        (Reply::Raw("{\"choices\": [".into()), "unusable_answer"),
+        (
+            Reply::Delayed(
+                Duration::from_secs(5),
+                Box::new(Reply::Content("late".into())),
+            ),
+            "timeout",
+        ),
+    ];
+    for (reply, _) in cases.iter().cloned() {
+        let fake = FakeLlm::start(reply).await;
+        let mut cfg = ExpanderConfig::new(&fake.base_url, "fake-model");
+        cfg.timeout = Duration::from_millis(500);
+        let expander = LlmExpander::new(cfg, tokenizer.clone())
+            .unwrap()
+            .with_metrics(metrics.clone());
+        expander
+            .expand("a cat surfing", ExpandKind::TextToVideo)
+            .await;
+    }
+    let unreachable = {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = ExpanderConfig::new(format!("http://127.0.0.1:{port}/v1"), "fake-model");
+        LlmExpander::new(cfg, tokenizer.clone())
+            .unwrap()
+            .with_metrics(metrics.clone())
+    };
+    unreachable
+        .expand("a cat surfing", ExpandKind::TextToVideo)
+        .await;
+
+    let samples = parse_exposition(&metrics.encode());
+    for reason in ["error_status", "unusable_answer", "timeout", "unreachable"] {
+        assert_eq!(
+            value(
+                &samples,
+                "floor33_llm_fallbacks_total",
+                &[("reason", reason)]
+            ),
+            1.0,
+            "{reason}"
+        );
+    }
 }
