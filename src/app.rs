@@ -3,11 +3,13 @@
 //! Start-up, in this order: the operator's configuration → the store (the database is opened
 //! and recovered before anything talks to Discord) → the engine (models loaded) → the core
 //! ([`JobService`], with the LLM expander when configured) → the Discord adapter, which
-//! receives the core and never the engine.
+//! receives the core and never the engine. With `[ops] listen` the ops listener comes up
+//! right after the configuration, so `/healthz` answers while the models load and `/readyz`
+//! says what is still missing; every part records into the one [`Metrics`] it serves.
 //!
 //! Shutdown, in this order: the core stops taking jobs and requeues (or finishes) the running
 //! one and waits for deliveries in flight; then the gateway is closed; then the engine is
-//! dropped with the last handle to it.
+//! dropped with the last handle to it; the ops listener closes last.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
