@@ -26,6 +26,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub discord: DiscordConfig,
     pub limits: LimitsConfig,
+    pub ops: OpsConfig,
     /// Guild settings for servers that changed nothing (and for direct messages).
     pub defaults: GuildSettings,
 }
@@ -107,6 +108,27 @@ pub struct LimitsConfig {
     pub max_prompt_chars: usize,
     /// Seconds between two progress previews; 0 for none.
     pub preview_every_s: f64,
+}
+
+/// The operator's HTTP listener (`/metrics`, `/healthz`, `/readyz`; see `src/ops`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `host:port` to serve on, e.g. `127.0.0.1:9133`; off when absent.
+    pub listen: Option<String>,
+}
+
+impl OpsConfig {
+    /// The listen address, `None` when the listener is off; a value that is not `ip:port` is
+    /// an error naming the key.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        text.trim().parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("`ops.listen`: `{text}` is not an address; write ip:port, e.g. 127.0.0.1:9133 (or [::1]:9133), or leave it out to turn the listener off")
+        })
+    }
 }
 
 impl Default for EngineConfig {
@@ -339,6 +361,10 @@ impl Config {
         if let Some(v) = var("FLOOR33_GLOBAL_CAP") {
             self.limits.global_cap = parsed("FLOOR33_GLOBAL_CAP", v)?;
         }
+        if let Some(v) = var("FLOOR33_OPS_LISTEN") {
+            // Empty turns a listener set in the file off.
+            self.ops.listen = Some(v).filter(|s| !s.trim().is_empty());
+        }
         Ok(())
     }
 
@@ -350,6 +376,7 @@ impl Config {
         self.validate_llm()?;
         self.validate_discord()?;
         self.validate_limits()?;
+        self.ops.listen_addr()?;
         let bounds = crate::core::settings::SettingsBounds {
             limits: self.engine_limits(),
             variants: self.variants()?,
@@ -858,5 +885,33 @@ mod tests {
                 .unwrap_err();
             assert!(format!("{err:#}").contains("cdn_hosts"), "{err:#}");
         }
+    }
+
+    #[test]
+    fn ops_listener_is_off_by_default_and_a_bad_address_names_the_key() {
+        assert_eq!(Config::default().ops.listen_addr().unwrap(), None);
+        let config = Config::from_toml("[ops]\nlisten = \"127.0.0.1:9133\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.ops.listen_addr().unwrap(),
+            Some("127.0.0.1:9133".parse().unwrap())
+        );
+        for bad in [
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "http://127.0.0.1:9133",
+        ] {
+            let err = Config::from_toml(&format!("[ops]\nlisten = \"{bad}\"\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("`ops.listen`"), "{err:#}");
+        }
+        let mut config = config;
+        config
+            .apply_env(|k| (k == "FLOOR33_OPS_LISTEN").then(String::new))
+            .unwrap();
+        assert_eq!(config.ops.listen_addr().unwrap(), None);
     }
 }

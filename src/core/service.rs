@@ -60,6 +60,9 @@ pub struct ServiceConfig {
     /// Longest wait at shutdown for deliveries in flight; the rest are delivered at the next
     /// start.
     pub shutdown_grace: Duration,
+    /// Where the job's life is counted (queue, states, durations, refusals); the app shares
+    /// it with the ops listener.
+    pub metrics: crate::ops::Metrics,
 }
 
 impl ServiceConfig {
@@ -78,6 +81,7 @@ impl ServiceConfig {
             encode: EncodeOptions::default(),
             notify_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            metrics: crate::ops::Metrics::new(),
         }
     }
 }
@@ -194,8 +198,10 @@ impl JobService {
         let mut active = HashMap::new();
         for job in recovered.queued {
             scheduler.restore(job.id, job.origin.user_id, job.round);
+            config.metrics.job_queued(job.spec.variant);
             active.insert(job.id, job);
         }
+        config.metrics.set_queue_depth(scheduler.waiting_len());
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             config,
@@ -226,6 +232,14 @@ impl JobService {
     }
 
     /// A spec filled with the guild's defaults and a random seed; the adapter overrides what
+    /// Whether the store answers a query (the ops listener's readiness check).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .call(|s| s.schema_version().map(|_| ()))
+            .await
+    }
+
     /// The models the engine serves.
     pub fn variants(&self) -> &[crate::models::config::Variant] {
         self.inner.engine.variants()
