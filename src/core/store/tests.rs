@@ -768,3 +768,24 @@ fn a_postgres_claim_skips_a_row_another_transaction_holds() {
         .unwrap();
     assert_eq!(job.id, first);
 }
+
+#[tokio::test]
+async fn a_postgres_store_closes_cleanly_when_dropped_inside_the_runtime() {
+    let Some(pg) = tokio::task::spawn_blocking(PgTestDatabase::create)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let handle = StoreHandle::open(Location::Postgres(pg.url.clone()))
+        .await
+        .unwrap();
+    let id = handle
+        .call(|s| s.insert_job(&spec("a"), &origin(1), 1, SystemTime::now()))
+        .await
+        .unwrap();
+    assert_eq!(id, JobId(1));
+    // The last handle goes on an async thread: closing the client must not panic.
+    drop(handle);
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}
