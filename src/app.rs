@@ -41,9 +41,9 @@ pub async fn start(
     engine: EngineHandle,
     expander: Option<Arc<dyn PromptExpander>>,
 ) -> Result<App> {
-    let store = StoreHandle::open(service.db_path.clone())
+    let store = StoreHandle::open(service.database.clone())
         .await
-        .with_context(|| format!("opening the database {}", service.db_path.display()))?;
+        .with_context(|| format!("opening the database {}", service.database))?;
     let connected = crate::discord::connect(bot).await?;
     let service =
         JobService::start_with_store(service, store, engine, connected.notifier(), expander)

@@ -180,14 +180,6 @@ impl DatabaseConfig {
     pub fn location(&self) -> Location {
         Location::new(&self.path, self.url.as_ref().map(DatabaseUrl::expose))
     }
-
-    fn validate(&self) -> Result<()> {
-        if let Some(url) = &self.url {
-            crate::core::store::check_postgres_url(url.expose())
-                .map_err(|e| anyhow::anyhow!("`database.url`: {e}"))?;
-        }
-        Ok(())
-    }
 }
 
 impl Default for LlmConfig {
@@ -430,7 +422,10 @@ impl Config {
 
     fn validate_database(&self) -> Result<()> {
         let db = &self.database;
-        db.validate()?;
+        if let Some(url) = &db.url {
+            crate::core::store::check_postgres_url(url.expose())
+                .map_err(|e| anyhow::anyhow!("`database.url`: {e}"))?;
+        }
         if db.path.as_os_str().is_empty() {
             bail!("`database.path` is empty");
         }
@@ -533,6 +528,7 @@ impl Config {
     /// The job service's configuration.
     pub fn service_config(&self) -> ServiceConfig {
         let mut config = ServiceConfig::new(self.database.path.clone());
+        config.database = self.database.location();
         if let Some(dir) = &self.database.results_dir {
             config.results_dir = dir.clone();
         }

@@ -34,7 +34,7 @@ use super::scheduler::Scheduler;
 use super::settings::{
     self, AuditEntry, GuildSettings, SettingError, SettingKey, SettingView, SettingsBounds,
 };
-use super::store::{StoreError, StoreHandle};
+use super::store::{Location, StoreError, StoreHandle};
 use super::views::SettingChange;
 use crate::engine::{CancelToken, EngineHandle, Limits};
 use crate::video::EncodeOptions;
@@ -42,7 +42,8 @@ use crate::video::EncodeOptions;
 /// The service's settings (the operator's configuration converts into this).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    pub db_path: PathBuf,
+    /// The SQLite file or PostgreSQL server holding the jobs.
+    pub database: Location,
     /// Where finished MP4s are kept until (and after) delivery.
     pub results_dir: PathBuf,
     /// Settings of a guild that changed nothing, and of direct messages.
@@ -71,7 +72,7 @@ impl ServiceConfig {
         let db_path = db_path.into();
         let results_dir = db_path.parent().unwrap_or(Path::new(".")).join("results");
         ServiceConfig {
-            db_path,
+            database: Location::Sqlite(db_path),
             results_dir,
             defaults: GuildSettings::default(),
             global_cap: 100,
@@ -158,14 +159,14 @@ pub(super) enum StopReason {
 }
 
 impl JobService {
-    /// Opens the store at `config.db_path` and starts as [`JobService::start_with_store`] does.
+    /// Opens the store at `config.database` and starts as [`JobService::start_with_store`] does.
     pub async fn start(
         config: ServiceConfig,
         engine: EngineHandle,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
-        let store = StoreHandle::open(config.db_path.clone()).await?;
+        let store = StoreHandle::open(config.database.clone()).await?;
         Self::start_with_store(config, store, engine, notifier, expander).await
     }
 
@@ -192,6 +193,9 @@ impl JobService {
             .await?;
         if !recovered.interrupted.is_empty() {
             tracing::info!(jobs = ?recovered.interrupted, "interrupted jobs queued again");
+        }
+        for q in &recovered.quarantined {
+            tracing::warn!(job = %q.id, reason = %q.reason, "an unreadable job was marked failed");
         }
         let mut scheduler = Scheduler::new(config.global_cap);
         scheduler.resume_from_round(last_round);

@@ -7,4 +7,5 @@ pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
 pub mod prometheus;
+pub mod test_pg;
 pub mod torch_zip;

@@ -193,7 +193,7 @@ pub struct Quarantined {
 enum Backend {
     Sqlite(rusqlite::Connection),
     // RefCell: the driver needs `&mut` even to read, and read methods take `&self`.
-    Postgres(RefCell<::postgres::Client>),
+    Postgres(RefCell<postgres::StoreClient>),
 }
 
 pub struct Store {
@@ -235,7 +235,7 @@ impl Store {
     ) -> Result<R, StoreError> {
         match &self.backend {
             Backend::Sqlite(conn) => f(&mut sqlite::SqliteSql(conn)),
-            Backend::Postgres(client) => f(&mut postgres::PgSql(&mut *client.borrow_mut())),
+            Backend::Postgres(client) => f(&mut postgres::PgSql(&mut **client.borrow_mut())),
         }
     }
 
@@ -246,7 +246,7 @@ impl Store {
     ) -> Result<R, StoreError> {
         match &mut self.backend {
             Backend::Sqlite(conn) => sqlite::transaction(conn, f),
-            Backend::Postgres(client) => postgres::transaction(client.get_mut(), f),
+            Backend::Postgres(client) => postgres::transaction(&mut *client.get_mut(), f),
         }
     }
 

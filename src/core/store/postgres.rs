@@ -45,10 +45,39 @@ pub fn connect(url: &str) -> Result<Client, StoreError> {
     })
 }
 
-pub fn open(url: &str, target: i64) -> Result<Client, StoreError> {
+pub fn open(url: &str, target: i64) -> Result<StoreClient, StoreError> {
     let mut client = connect(url)?;
     migrate(&mut client, target, &redact_url(url))?;
-    Ok(client)
+    Ok(StoreClient(Some(client)))
+}
+
+/// The store's client, safe to drop anywhere. Closing a `postgres::Client` runs its own small
+/// runtime, which tokio forbids on an async worker thread; the last `StoreHandle` may well go
+/// there, so inside a runtime the client is closed on a thread of its own.
+pub struct StoreClient(Option<Client>);
+
+impl std::ops::Deref for StoreClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        self.0.as_ref().expect("the client is present until drop")
+    }
+}
+
+impl std::ops::DerefMut for StoreClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.0.as_mut().expect("the client is present until drop")
+    }
+}
+
+impl Drop for StoreClient {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                std::thread::spawn(move || drop(client));
+            }
+        }
+    }
 }
 
 pub fn schema_version(client: &mut Client) -> Result<i64, StoreError> {

@@ -94,18 +94,21 @@ impl PgTestDatabase {
 
 impl Drop for PgTestDatabase {
     fn drop(&mut self) {
-        let dropped = postgres::connect(&self.admin_url).and_then(|mut admin| {
-            admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.name
-                ))
-                .map_err(StoreError::from)
-        });
-        if let Err(e) = dropped {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // On a thread of its own: the guard may go on an async runtime thread, where the
+        // blocking client would panic (a panic while unwinding aborts the test binary).
+        let dropped = std::thread::spawn(move || {
+            postgres::connect(&admin_url).and_then(|mut admin| {
+                admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .map_err(StoreError::from)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
             let _ = writeln!(
                 std::io::stderr(),
-                "could not drop the test database {}: {e}",
+                "could not drop the test database {}",
                 self.name
             );
         }
@@ -767,4 +770,25 @@ fn a_postgres_claim_skips_a_row_another_transaction_holds() {
         .unwrap()
         .unwrap();
     assert_eq!(job.id, first);
+}
+
+#[tokio::test]
+async fn a_postgres_store_closes_cleanly_when_dropped_inside_the_runtime() {
+    let Some(pg) = tokio::task::spawn_blocking(PgTestDatabase::create)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let handle = StoreHandle::open(Location::Postgres(pg.url.clone()))
+        .await
+        .unwrap();
+    let id = handle
+        .call(|s| s.insert_job(&spec("a"), &origin(1), 1, SystemTime::now()))
+        .await
+        .unwrap();
+    assert_eq!(id, JobId(1));
+    // The last handle goes on an async thread: closing the client must not panic.
+    drop(handle);
+    drop(pg);
 }
