@@ -3,7 +3,13 @@
 //! Resume: hf-hub 0.4 downloads into `<blob>.sync.part` in 10 MB ranged chunks and records how far
 //! it got; an interrupted download started again with the same cache directory continues from
 //! the last complete chunk. Files already in the cache are returned without any network access.
+//!
+//! Integrity: every checkpoint is an LFS file, for which the Hub sends its SHA-256 as the
+//! `X-Linked-Etag` header; hf-hub names the cached blob after that ETag. Whatever arrived (or sat
+//! in the cache) is hashed and compared with that name before it is handed out; a file that does
+//! not match is deleted, so nothing unverified is ever converted or loaded.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::tokio::{ApiBuilder, ApiError, Progress};
@@ -83,14 +89,14 @@ pub async fn download_from(
     cache_dir: Option<&Path>,
     show_progress: bool,
 ) -> Result<PathBuf, WeightsError> {
-    if let Some(path) = cached(repo, file, cache_dir) {
-        return Ok(path);
-    }
     let fail = |detail: String| WeightsError::Download {
         repo: repo.to_string(),
         file: file.to_string(),
         detail,
     };
+    if let Some(path) = cached(repo, file, cache_dir) {
+        return verified(path, endpoint).await.map_err(fail);
+    }
     let mut builder = ApiBuilder::from_cache(cache(cache_dir))
         .with_endpoint(endpoint.trim_end_matches('/').to_string())
         .with_progress(false);
@@ -111,10 +117,69 @@ pub async fn download_from(
         .progress_chars("=> "),
     );
     tracing::info!(repo, file, endpoint, "downloading checkpoint");
-    api.model(repo.to_string())
+    let path = api
+        .model(repo.to_string())
         .download_with_progress(file, Bar(bar))
         .await
-        .map_err(|e| fail(explain(&e, endpoint)))
+        .map_err(|e| fail(explain(&e, endpoint)))?;
+    verified(path, endpoint).await.map_err(fail)
+}
+
+/// `path` (hf-hub's snapshot link to `blobs/<etag>`) once its SHA-256 matches the ETag; else
+/// the blob and the link are deleted and the message says what to do.
+async fn verified(path: PathBuf, endpoint: &str) -> Result<PathBuf, String> {
+    let blob = std::fs::canonicalize(&path)
+        .map_err(|e| format!("cannot resolve the cached file {}: {e}", path.display()))?;
+    let expected = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let discard = |why: String| {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&blob);
+        let _ = std::fs::remove_file(blob.with_extension("lock"));
+        format!(
+            "{why}; the file was deleted. Run the command again to download it afresh; if this \
+             repeats, the endpoint {endpoint} (HF_ENDPOINT) is not serving the published file"
+        )
+    };
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(discard(format!(
+            "the Hub sent no SHA-256 for it (ETag {:?}), so it cannot be verified",
+            expected.chars().take(80).collect::<String>()
+        )));
+    }
+    tracing::info!(file = %blob.display(), "verifying SHA-256");
+    let hashed = blob.clone();
+    let actual = tokio::task::spawn_blocking(move || sha256_hex(&hashed))
+        .await
+        .map_err(|e| format!("hashing failed: {e}"))?
+        .map_err(|e| format!("cannot read {}: {e}", blob.display()))?;
+    if actual != expected {
+        return Err(discard(format!(
+            "its SHA-256 is {actual} but the Hub lists {expected} (corrupt or tampered download)"
+        )));
+    }
+    Ok(path)
+}
+
+fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn cache(cache_dir: Option<&Path>) -> Cache {

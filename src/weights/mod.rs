@@ -11,6 +11,7 @@ mod error;
 mod keys;
 pub mod locate;
 mod manifest;
+mod pickle;
 mod pth;
 mod source;
 
