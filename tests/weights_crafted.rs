@@ -195,6 +195,7 @@ fn crafted_zip_checkpoints_end_in_clean_errors() {
         let path = dir.join(format!("{i}.ckpt"));
         write_zip(&path, &pickle.0, &four_floats());
         let detail = format_error(&path);
+        println!("{case}: {detail}"); // the list of outcomes, with --nocapture
         if !detail.contains(expect) {
             failures.push(format!("{case}: expected {expect:?} in: {detail}"));
         }
@@ -249,6 +250,7 @@ fn crafted_legacy_checkpoints_end_in_clean_errors() {
         let path = dir.join(format!("{i}.ckpt"));
         write_legacy(&path, &object, &keys, &records);
         let detail = format_error(&path);
+        println!("{case}: {detail}"); // the list of outcomes, with --nocapture
         if !detail.contains(expect) {
             failures.push(format!("{case}: expected {expect:?} in: {detail}"));
         }

@@ -356,7 +356,7 @@ impl<'a> Machine<'a> {
 
     /// Adds key/value pairs to the dict just below them on the stack.
     fn set_items(&mut self, items: Vec<Item>) -> Result<(), PickleError> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of values"));
         }
         let depth = items.iter().map(|i| i.depth + 1).max().unwrap_or(0);
