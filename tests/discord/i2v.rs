@@ -2,17 +2,15 @@
 //! only to the member; a good image is fetched from the (fake) CDN and, with an image-to-video
 //! model loaded, animated.
 
-mod support;
-
 use std::io::Cursor;
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use floor33::discord::download::{fetch_image, AttachmentMeta, DownloadError};
 use floor33::models::config::Variant;
 use serde_json::json;
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 fn png(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 99]));

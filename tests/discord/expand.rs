@@ -1,22 +1,20 @@
 //! Prompt expansion end to end: the real bot against the loopback fake Discord, with the tiny
 //! model and the real `LlmExpander` talking to the loopback fake OpenAI-compatible server.
 
-mod support;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::{FakeDiscord, Recorded};
+use super::support::fake_llm::{FakeLlm, Reply};
 use floor33::core::expand::{ExpanderConfig, LlmExpander};
 use floor33::core::jobs::{JobId, JobRecord};
 use floor33::core::service::{PromptExpander, ServiceConfig};
 use floor33::discord::RunningBot;
 use floor33::models::tokenizer::ClipTokenizer;
 use serde_json::{json, Value};
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::{FakeDiscord, Recorded};
-use support::fake_llm::{FakeLlm, Reply};
 
 const EXPANDED: &str = "A ginger cat riding a turquoise wave at sunset";
 

@@ -2,13 +2,11 @@
 //! `batch_ddim_sampling` received: tokenizer → text encoder (→ ViT → Resampler), through the
 //! same pipeline code that serves requests. Tolerance: relative L2 ≤ 1e-4 (f32).
 
-mod support;
-
+use super::support::golden::*;
 use candle_core::{Device, Tensor};
 use floor33::engine::Pipeline;
 use floor33::models::image_encoder::ImageConditioner;
 use floor33::sampler::schedule::NoiseSchedule;
-use support::golden::*;
 
 const TOL: f64 = 1e-4;
 

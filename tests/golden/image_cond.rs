@@ -4,12 +4,10 @@
 //! (320×32) shrinks along H, so the Gaussian antialias runs.
 //! Tolerance: relative L2 error ≤ 1e-4 in f32 for every compared tensor.
 
-mod support;
-
+use super::support::golden::*;
 use candle_core::{DType, Device, Tensor};
 use floor33::models::image_encoder::ImageConditioner;
 use floor33::models::image_preprocess::{antialias_blur, clip_preprocess, CLIP_MEAN, CLIP_STD};
-use support::golden::*;
 
 const TOL: f64 = 1e-4;
 

@@ -1,19 +1,17 @@
 //! The job service end to end with the tiny real engine and a recording notifier: a job's life
 //! from submit to delivery, refusals, cancellation, settings and the queue views.
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::support::job_fakes::*;
 use floor33::core::{
     CancelError, CancelOutcome, Canceller, JobKind, JobService, JobSpec, JobState, JobUpdate,
     Refusal, ServiceConfig, SettingError, ShutdownMode,
 };
 use floor33::engine::EngineHandle;
 use floor33::models::config::Variant;
-use support::job_fakes::*;
 
 fn config(dir: &std::path::Path) -> ServiceConfig {
     let mut config = ServiceConfig::new(dir.join("floor33.db"));

@@ -3,14 +3,12 @@
 //! command overrides show), an admin's `/config set` applying to the next `/t2v`, and the
 //! queue-full and cooldown refusals told ephemerally, naming the limit.
 
-mod support;
-
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::{FakeDiscord, Recorded};
 use serde_json::{json, Value};
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::{FakeDiscord, Recorded};
 
 fn t2v(fake: &FakeDiscord, prompt: &str, steps: Option<u64>, invoker: Invoker) -> String {
     let mut options = vec![option("prompt", json!(prompt))];

@@ -2,19 +2,17 @@
 //! delivery, and a graceful shutdown. Each "process" is its own tokio runtime over the same
 //! database; a crash is a runtime torn down with its tasks, without `shutdown`.
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::support::job_fakes::*;
 use floor33::core::{
     JobId, JobRecord, JobService, JobState, JobUpdate, ServiceConfig, ShutdownMode,
 };
 use floor33::engine::EngineHandle;
 use floor33::models::config::Variant;
-use support::job_fakes::*;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

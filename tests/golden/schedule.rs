@@ -3,11 +3,9 @@
 //! derived coefficients within 2e-7 absolute (the producer's float32 sqrt was off by 1 ulp
 //! on some inputs, see the fixture README).
 
-mod support;
-
+use super::support::golden::*;
 use floor33::models::config::{ModelConfig, Variant};
 use floor33::sampler::schedule::{DdimSchedule, NoiseSchedule};
-use support::golden::*;
 
 fn assert_vec_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");

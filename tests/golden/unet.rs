@@ -2,14 +2,12 @@
 //! configs): embeddings, the per-block trace and the predicted noise.
 //! Tolerance: relative L2 error ≤ 1e-4 in f32 for every compared tensor.
 
-mod support;
-
 use std::collections::HashMap;
 
+use super::support::golden::*;
 use candle_core::{Device, Tensor};
 use floor33::models::embeddings::timestep_embedding;
 use floor33::models::unet::UNetModel;
-use support::golden::*;
 
 const TOL: f64 = 1e-4;
 

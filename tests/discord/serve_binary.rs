@@ -3,15 +3,13 @@
 //! registers its commands, answers `/t2v` and `/i2v` (its image from a CDN host the config
 //! allows), and exits cleanly on SIGTERM.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::support::discord_bot::{spawn_serve, Scratch};
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::json;
-use support::discord_bot::{spawn_serve, Scratch};
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_binary_connects_answers_and_stops_on_sigterm() {

@@ -1,14 +1,12 @@
 //! A burst of 100 `/t2v` from 100 members: every one is acknowledged within Discord's three
 //! seconds (the acknowledgement comes before any slow work), and all are queued.
 
-mod support;
-
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::json;
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_100_t2v_is_acknowledged_within_three_seconds() {

@@ -1,14 +1,12 @@
 //! What Discord throws at a long job: a dead interaction token (50027), an interaction older
 //! than the token's life, an upload refused as too large (413), and a dropped gateway.
 
-mod support;
-
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::json;
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 fn t2v_spec(prompt: &str, steps: u64) -> CommandSpec {
     CommandSpec::new(

@@ -1,10 +1,8 @@
 //! The fake Discord's payloads are what serenity expects: every builder's output deserializes
 //! with serenity's own types (the fake also checks this on every send).
 
-mod support;
-
+use super::support::fake_discord::payloads::*;
 use serde_json::json;
-use support::fake_discord::payloads::*;
 
 #[test]
 fn interactions_deserialize_in_serenity() {

@@ -3,16 +3,14 @@
 //! reaches the member exactly once; and what the interaction told us (its upload limit) still
 //! holds when the video is delivered by a later process.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::json;
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let config = dir.join("floor33.toml");

@@ -1,20 +1,17 @@
 //! Loading, checking, converting and locating checkpoints (src/weights), on small files written
 //! here: torch zip checkpoints come from the test-only writer in tests/support/torch_zip.rs.
 
-#[path = "support/torch_zip.rs"]
-mod torch_zip;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::support::torch_zip::{write_test_checkpoint, TestLayout};
 use candle_core::{DType, Device, Tensor};
 use floor33::weights::{
     check, checkpoint_for, convert_to_safetensors, download_from, download_variant,
     is_schedule_buffer, not_a_module_weight, record_requests, record_requests_against,
     unused_at_inference, Manifest, PthLayout, SourceFormat, WeightSource, WeightsError,
 };
-use torch_zip::{write_test_checkpoint, TestLayout};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
 

@@ -1,11 +1,9 @@
 //! Text encoder and VAE against the original implementation (tiny random-weight configs).
 //! Tolerance: relative L2 error ≤ 1e-4 in f32.
 
-mod support;
-
+use super::support::golden::*;
 use floor33::models::text_encoder::TextEncoder;
 use floor33::models::vae::AutoencoderKL;
-use support::golden::*;
 
 const TOL: f64 = 1e-4;
 

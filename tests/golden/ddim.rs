@@ -3,15 +3,13 @@
 //! with CFG 12). Tolerances (f32): per-step latents and the final latent within
 //! max(2e-3, 5e-5·absmax) absolute; the decoded video within 1e-3 max abs error.
 
-mod support;
-
+use super::support::golden::*;
 use candle_core::Tensor;
 use floor33::models::unet::UNetModel;
 use floor33::models::vae::AutoencoderKL;
 use floor33::sampler::ddim::{sample, Conditioning, Flow};
 use floor33::sampler::noise::ReplayNoise;
 use floor33::sampler::schedule::{DdimSchedule, NoiseSchedule};
-use support::golden::*;
 
 const VIDEO_TOL: f64 = 1e-3;
 

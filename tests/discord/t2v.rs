@@ -1,13 +1,11 @@
 //! `/t2v` end to end: the real bot against the loopback fake Discord, with the tiny model.
 
-mod support;
-
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::json;
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t2v_acks_fast_streams_progress_and_posts_a_decodable_mp4() {

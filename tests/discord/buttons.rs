@@ -1,14 +1,12 @@
 //! Cancel, Re-roll and Remix buttons end to end, including clicks on messages from before a
 //! restart (the custom ids name stored jobs).
 
-mod support;
-
 use std::time::Duration;
 
+use super::support::discord_bot::*;
+use super::support::fake_discord::payloads::*;
+use super::support::fake_discord::FakeDiscord;
 use serde_json::{json, Value};
-use support::discord_bot::*;
-use support::fake_discord::payloads::*;
-use support::fake_discord::FakeDiscord;
 
 fn t2v(fake: &FakeDiscord, prompt: &str, steps: u64, invoker: Invoker) -> String {
     let mut spec = CommandSpec::new(

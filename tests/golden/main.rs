@@ -1,0 +1,15 @@
+//! Fidelity against the original implementation: every model piece, the schedule and the DDIM
+//! loop against the golden fixtures (tests/fixtures/golden), and the full-size models' keys
+//! against the real checkpoints' manifests (tests/fixtures/keys). One test binary, one link.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod conditioning;
+mod ddim;
+mod image_cond;
+mod manifest;
+mod schedule;
+mod text_vae;
+mod tokenizer;
+mod unet;
