@@ -7,3 +7,6 @@ mod support;
 mod generate_cli;
 mod mp4;
 mod weights;
+mod weights_crafted;
+mod weights_download;
+mod weights_torch;

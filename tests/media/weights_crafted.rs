@@ -3,13 +3,10 @@
 //! back. The cases are built here from opcodes (tests/support/crafted_ckpt.rs); inputs found by
 //! the fuzzer (fuzz/) are kept in tests/fixtures/crafted/checkpoints/ and replayed too.
 
-#[path = "support/crafted_ckpt.rs"]
-mod crafted_ckpt;
-
 use std::path::{Path, PathBuf};
 
+use super::support::crafted_ckpt::{write_legacy, write_zip, Pk};
 use candle_core::DType;
-use crafted_ckpt::{write_legacy, write_zip, Pk};
 use floor33::weights::{convert_to_safetensors, WeightSource, WeightsError};
 
 const FUZZ_FOUND: &str = concat!(

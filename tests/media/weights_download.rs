@@ -2,13 +2,10 @@
 //! Hub's SHA-256 (its X-Linked-Etag) and the checkpoint strictly against the model before anything
 //! is installed. Runs against a loopback fake Hub (tests/support/fake_hub.rs).
 
-#[path = "support/fake_hub.rs"]
-mod fake_hub;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fake_hub::{serve, sha256_hex};
+use super::support::fake_hub::{serve, sha256_hex};
 use floor33::weights::{download_from, WeightsError};
 
 const REPO: &str = "VideoCrafter/VideoCrafter2";
