@@ -44,6 +44,9 @@ impl Default for Limits {
     }
 }
 
+/// The longest module or class name a GLOBAL may carry (Python's are far shorter).
+const MAX_NAME: usize = 256;
+
 /// A pickled value. Only what checkpoints contain is kept apart; anything else is inert.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
@@ -132,12 +135,17 @@ struct Item {
 }
 
 impl Item {
+    /// A value without members; its cost counts its heap bytes too, so copying a long string
+    /// out of the memo costs what it allocates.
     fn leaf(value: Value) -> Self {
-        let cost = 1 + match &value {
-            Value::Str(s) => s.len() as u64 / 16,
-            Value::Bytes(b) | Value::BigInt(b) => b.len() as u64 / 16,
+        let heap = match &value {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) | Value::BigInt(b) => b.len(),
+            Value::Global(g) => g.0.len() + g.1.len(),
+            Value::Storage(s) => s.key.len() + s.dtype.as_ref().err().map_or(0, String::len),
             _ => 0,
         };
+        let cost = 1 + heap as u64 / 16;
         Self {
             value,
             depth: 1,
@@ -225,8 +233,9 @@ impl<'a> Machine<'a> {
         let rest = &self.data[self.pos..];
         let end = rest
             .iter()
+            .take(MAX_NAME + 1)
             .position(|&b| b == b'\n')
-            .ok_or_else(|| self.err("unterminated GLOBAL name"))?;
+            .ok_or_else(|| self.err("GLOBAL name unterminated or too long"))?;
         let line = self.take(end + 1)?;
         String::from_utf8(line[..end].to_vec()).map_err(|_| self.err("GLOBAL name is not UTF-8"))
     }
@@ -526,6 +535,9 @@ impl<'a> Machine<'a> {
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err(self.err("STACK_GLOBAL needs two strings"));
                     };
+                    if module.len() > MAX_NAME || name.len() > MAX_NAME {
+                        return Err(self.err("STACK_GLOBAL name too long"));
+                    }
                     self.push_new(Value::Global(Box::new((module, name))))?
                 }
                 b'R' | 0x81 => {

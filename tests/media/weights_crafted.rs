@@ -99,6 +99,21 @@ fn zip_cases() -> Vec<(&'static str, Pk, &'static str)> {
             "memo copies",
         ),
         (
+            "memo copies of a long string",
+            (0..20_000)
+                .fold(
+                    Pk::new().op(b"]").str(&"x".repeat(1 << 16)).op(b"q\x00a"),
+                    |p, _| p.op(b"h\x00a"),
+                )
+                .op(b"."),
+            "memo copies",
+        ),
+        (
+            "GLOBAL name longer than any Python name",
+            Pk::new().op(b"c").op(&[b'm'; 100_000]).op(b"\nx\n."),
+            "too long",
+        ),
+        (
             "long opcode run",
             Pk::new().repeat(b'N', 2_000_000).op(b"."),
             "parse stack",
