@@ -5,9 +5,10 @@
 //! the last complete chunk. Files already in the cache are returned without any network access.
 //!
 //! Integrity: every checkpoint is an LFS file, for which the Hub sends its SHA-256 as the
-//! `X-Linked-Etag` header; hf-hub names the cached blob after that ETag. Whatever arrived (or sat
-//! in the cache) is hashed and compared with that name before it is handed out; a file that does
-//! not match is deleted, so nothing unverified is ever converted or loaded.
+//! `X-Linked-Etag` header; hf-hub names the cached blob after that ETag. The hash is asked for
+//! first (no download without one), and whatever arrived (or sat in the cache) is hashed and
+//! compared with it before it is handed out; a file that does not match is deleted, so nothing
+//! unverified is ever converted or loaded.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -97,13 +98,20 @@ pub async fn download_from(
     if let Some(path) = cached(repo, file, cache_dir) {
         return verified(path, endpoint).await.map_err(fail);
     }
-    let mut builder = ApiBuilder::from_cache(cache(cache_dir))
-        .with_endpoint(endpoint.trim_end_matches('/').to_string())
-        .with_progress(false);
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder.build().map_err(|e| fail(explain(&e, endpoint)))?;
+    let endpoint_url = endpoint.trim_end_matches('/');
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache(cache_dir).token());
+    let published = published_sha256(endpoint_url, repo, file, token.as_deref())
+        .await
+        .map_err(fail)?;
+    let api = ApiBuilder::from_cache(cache(cache_dir))
+        .with_endpoint(endpoint_url.to_string())
+        .with_progress(false)
+        .with_token(token)
+        .build()
+        .map_err(|e| fail(explain(&e, endpoint)))?;
     let bar = if show_progress {
         ProgressBar::new(0)
     } else {
@@ -122,7 +130,61 @@ pub async fn download_from(
         .download_with_progress(file, Bar(bar))
         .await
         .map_err(|e| fail(explain(&e, endpoint)))?;
-    verified(path, endpoint).await.map_err(fail)
+    let path = verified(path, endpoint).await.map_err(fail)?;
+    let blob = std::fs::canonicalize(&path).unwrap_or_default();
+    if blob.file_name() != Some(std::ffi::OsStr::new(&published)) {
+        // The Hub answered hf-hub's own request with another hash than ours a moment before.
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&blob);
+        return Err(fail(format!(
+            "the Hub changed the file's SHA-256 during the download (was {published}); the \
+             file was deleted, run the command again"
+        )));
+    }
+    Ok(path)
+}
+
+/// Asks the Hub for the file's SHA-256 before anything is downloaded: the `X-Linked-Etag` of
+/// an LFS file (else the `ETag`), read from the first answer without following the redirect
+/// to the storage host, as hf-hub does. Refuses an answer that is not a SHA-256: it could not
+/// be verified, and hf-hub would use it as a file name in the cache.
+async fn published_sha256(
+    endpoint: &str,
+    repo: &str,
+    file: &str,
+    token: Option<&str>,
+) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut request = client
+        .get(format!("{endpoint}/{repo}/resolve/main/{file}"))
+        .header(reqwest::header::RANGE, "bytes=0-0");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| explain_request(&e, endpoint))?;
+    let headers = response.headers();
+    let etag = headers
+        .get("x-linked-etag")
+        .or_else(|| headers.get(reqwest::header::ETAG))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replace('"', "")
+        .to_ascii_lowercase();
+    if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the Hub gives no SHA-256 for this file (ETag {:?}), so a download could not be \
+             verified; nothing was downloaded. Check HF_ENDPOINT ({endpoint})",
+            etag.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(etag)
 }
 
 /// `path` (hf-hub's snapshot link to `blobs/<etag>`) once its SHA-256 matches the ETag; else
@@ -192,23 +254,29 @@ fn cache(cache_dir: Option<&Path>) -> Cache {
 /// Turns hf-hub errors into a sentence that says what to do.
 fn explain(e: &ApiError, endpoint: &str) -> String {
     match e {
-        ApiError::RequestError(re) if re.is_connect() || re.is_timeout() => format!(
-            "cannot reach {endpoint} (offline or blocked?); run again when online, an interrupted \
-             download resumes: {re}"
-        ),
-        ApiError::RequestError(re) => match re.status().map(|s| s.as_u16()) {
-            Some(401) | Some(403) => format!(
-                "access denied ({re}); accept the model's terms on the Hub and set HF_TOKEN"
-            ),
-            Some(404) => format!("not found on the Hub ({re})"),
-            _ => format!("request failed: {re}"),
-        },
+        ApiError::RequestError(re) => explain_request(re, endpoint),
         ApiError::LockAcquisition(path) => format!(
             "another download of this file is running (lock {})",
             path.display()
         ),
         ApiError::IoError(io) => format!("disk error: {io}"),
         other => other.to_string(),
+    }
+}
+
+fn explain_request(re: &reqwest::Error, endpoint: &str) -> String {
+    if re.is_connect() || re.is_timeout() {
+        return format!(
+            "cannot reach {endpoint} (offline or blocked?); run again when online, an interrupted \
+             download resumes: {re}"
+        );
+    }
+    match re.status().map(|s| s.as_u16()) {
+        Some(401) | Some(403) => {
+            format!("access denied ({re}); accept the model's terms on the Hub and set HF_TOKEN")
+        }
+        Some(404) => format!("not found on the Hub ({re})"),
+        _ => format!("request failed: {re}"),
     }
 }
 

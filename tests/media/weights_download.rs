@@ -69,6 +69,21 @@ async fn a_file_that_is_not_the_published_one_is_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_downloaded_when_the_hub_gives_no_sha256() {
+    let hub = serve(torch_fixture(), String::new()).await;
+    let cache = tmp_dir("no-hash");
+    let err = download_from(&hub.endpoint, REPO, "model.ckpt", Some(&cache), false)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no SHA-256") && msg.contains("nothing was downloaded"),
+        "{msg}"
+    );
+    assert!(files_under(&cache).is_empty(), "{:?}", files_under(&cache));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_published_file_is_kept_and_a_corrupted_cache_is_not_trusted() {
     let body = torch_fixture();
     let hub = serve(body.clone(), sha256_hex(&body)).await;

@@ -37,7 +37,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Serves `body` and claims `linked_etag` as its SHA-256.
+/// Serves `body` and claims `linked_etag` as its SHA-256 (an empty one: no `X-Linked-Etag`, as
+/// for a file outside LFS).
 pub async fn serve(body: Vec<u8>, linked_etag: String) -> FakeHub {
     let served = Arc::new(Served { body, linked_etag });
     let app = Router::new().fallback(file).with_state(served);
@@ -59,10 +60,13 @@ async fn file(State(s): State<Arc<Served>>, headers: HeaderMap) -> Response {
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .map(|(a, b)| (a.min(len.saturating_sub(1)), b.min(len.saturating_sub(1))))
         .unwrap_or((0, len.saturating_sub(1)));
-    Response::builder()
+    let mut response = Response::builder();
+    if !s.linked_etag.is_empty() {
+        response = response.header("x-linked-etag", format!("\"{}\"", s.linked_etag));
+    }
+    response
         .status(StatusCode::PARTIAL_CONTENT)
         .header("x-repo-commit", "0123456789abcdef0123456789abcdef01234567")
-        .header("x-linked-etag", format!("\"{}\"", s.linked_etag))
         .header(header::ETAG, "\"not-the-lfs-hash\"")
         .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))
         .body(Body::from(s.body[start..=end].to_vec()))
