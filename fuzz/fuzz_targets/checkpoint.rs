@@ -1,4 +1,4 @@
-//! Fuzzes the checkpoint reader (src/weights/pth.rs + pickle.rs) on whole files. The first input
+//! Fuzzes the checkpoint reader (src/weights/pth.rs, pth_storage.rs, pickle.rs) on whole files. The first input
 //! byte picks how the rest is used:
 //! - even: the rest is the checkpoint file itself (zip, legacy or junk);
 //! - odd: the rest is a `data.pkl`, wrapped in a valid torch zip with storages `0`..`3` of
@@ -22,6 +22,8 @@ mod pickle;
 #[allow(dead_code)]
 #[path = "../../src/weights/pth.rs"]
 mod pth;
+#[path = "../../src/weights/pth_storage.rs"]
+mod pth_storage;
 
 fn wrap_in_zip(pickle: &[u8]) -> Vec<u8> {
     let options =

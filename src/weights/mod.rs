@@ -13,6 +13,7 @@ pub mod locate;
 mod manifest;
 mod pickle;
 mod pth;
+mod pth_storage;
 mod source;
 
 pub use convert::convert_to_safetensors;
