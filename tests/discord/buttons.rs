@@ -72,6 +72,7 @@ async fn cancel_while_queued_and_while_running() {
 
     // An admin cancels the running job: it stops at its next step.
     let running_msg = fake.original(&running).unwrap();
+    let running_job = button_id(&running_msg, "v1:cancel:")["v1:cancel:".len()..].to_string();
     let (t, _) = fake.click(
         &button_id(&running_msg, "v1:cancel:"),
         &running_msg,
@@ -85,7 +86,21 @@ async fn cancel_while_queued_and_while_running() {
     })
     .await;
     let final_msg = fake.original(&running).unwrap();
-    assert!(button_id(&final_msg, "v1:reroll:").starts_with("v1:reroll:"));
+    // The cancelled message offers Re-roll of that same job, and no Cancel any more.
+    assert_eq!(
+        button_id(&final_msg, "v1:reroll:"),
+        format!("v1:reroll:{running_job}")
+    );
+    let ids: Vec<&str> = final_msg["components"][0]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["custom_id"].as_str())
+        .collect();
+    assert!(
+        !ids.iter().any(|id| id.starts_with("v1:cancel:")),
+        "{ids:?}"
+    );
     assert!(
         videos(&fake, Some(&running)).is_empty(),
         "no video for a cancelled job"

@@ -9,10 +9,10 @@ use super::support::discord_bot::*;
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::{FakeDiscord, Recorded};
 use super::support::fake_llm::{FakeLlm, Reply};
-use floor33::core::expand::{ExpanderConfig, LlmExpander};
+use floor33::app::App;
 use floor33::core::jobs::{JobId, JobRecord};
-use floor33::core::service::{PromptExpander, ServiceConfig};
-use floor33::discord::RunningBot;
+use floor33::core::{PromptExpander, ServiceConfig};
+use floor33::llm::{ExpanderConfig, LlmExpander};
 use floor33::models::tokenizer::ClipTokenizer;
 use serde_json::{json, Value};
 
@@ -32,8 +32,8 @@ async fn start_with_expander(
     fake: &FakeDiscord,
     config: ServiceConfig,
     expander: Arc<dyn PromptExpander>,
-) -> RunningBot {
-    let bot = floor33::discord::start(bot_options(fake), config, tiny_engine(), Some(expander))
+) -> App {
+    let bot = floor33::app::start(bot_options(fake), config, tiny_engine(), Some(expander))
         .await
         .expect("bot starts");
     fake.wait_ready(Duration::from_secs(20)).await;
@@ -45,7 +45,7 @@ fn t2v(fake: &FakeDiscord, options: Vec<Value>) -> (String, std::time::Instant) 
 }
 
 /// The stored job a delivered message belongs to (its Re-roll button names it).
-async fn stored_job(bot: &RunningBot, delivered: &Recorded) -> JobRecord {
+async fn stored_job(bot: &App, delivered: &Recorded) -> JobRecord {
     let id = button_id(delivered.json.as_ref().unwrap(), "v1:reroll:")
         .rsplit(':')
         .next()

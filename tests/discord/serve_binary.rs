@@ -6,9 +6,10 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::support::discord_bot::{spawn_serve, Scratch};
+use super::support::discord_bot::{spawn_serve, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
+use super::support::fake_discord::Recorded;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -37,6 +38,7 @@ default_steps = 2
 
 [discord]
 cdn_hosts = ["{}"]
+insecure_loopback_cdn_for_tests = true
 "#,
             dir.0.join("floor33.db").display(),
             fake.cdn_host()
@@ -69,10 +71,8 @@ cdn_hosts = ["{}"]
         })
         .await;
     assert!(ack.at - sent < Duration::from_secs(3));
-    fake.wait_for(Duration::from_secs(30), "the first view", |r| {
-        r.method == "PATCH" && r.path.contains(&token)
-    })
-    .await;
+    let t2v_video = wait_video(&fake, &token, Duration::from_secs(120)).await;
+    assert_decodes(&dir.0, "t2v.mp4", &t2v_video);
 
     // /i2v: the image comes from a host the config's `discord.cdn_hosts` allows.
     let mut png = Vec::new();
@@ -104,6 +104,7 @@ cdn_hosts = ["{}"]
         })
         .await;
     assert!(video.text().contains("tiny-i2v"), "{}", video.text());
+    assert_decodes(&dir.0, "i2v.mp4", &video);
 
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -123,4 +124,25 @@ cdn_hosts = ["{}"]
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(status.success(), "{status:?}");
+    // Counted once the process is gone, so that no late duplicate can still arrive.
+    assert_eq!(videos(&fake, Some(&token)).len(), 1, "one /t2v delivery");
+    assert_eq!(
+        videos(&fake, Some(&i2v_token)).len(),
+        1,
+        "one /i2v delivery"
+    );
+}
+
+/// The delivered MP4 decodes to the tiny models' default 16 frames of 48×32.
+fn assert_decodes(dir: &std::path::Path, name: &str, delivered: &Recorded) {
+    let mp4 = delivered
+        .files
+        .iter()
+        .find(|f| f.filename.ends_with(".mp4"))
+        .expect("an mp4 part");
+    let path = dir.join(name);
+    std::fs::write(&path, &mp4.bytes).unwrap();
+    let frames = floor33::video::decode_mp4(&path).unwrap();
+    assert_eq!(frames.len(), 16, "{name}");
+    assert!(frames.iter().all(|f| f.dimensions() == (48, 32)), "{name}");
 }

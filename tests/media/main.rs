@@ -5,6 +5,7 @@
 mod support;
 
 mod generate_cli;
+mod generate_cli_limits;
 mod mp4;
 mod weights;
 mod weights_crafted;

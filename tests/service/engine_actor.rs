@@ -168,11 +168,13 @@ fn bad_requests_get_typed_errors_not_panics() {
 #[test]
 fn image_to_video_jobs_run_beside_text_to_video_ones() {
     let engine = engine();
-    let image = image::RgbImage::from_fn(40, 30, |x, y| {
-        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
-    });
+    let gradient = || {
+        image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+        })
+    };
     let request = GenerationRequest {
-        image: Some(Arc::new(image)),
+        image: Some(Arc::new(gradient())),
         image_fit: ImageFit::Stretch,
         ..quick(Variant::TinyI2v, 5)
     };
@@ -182,6 +184,34 @@ fn image_to_video_jobs_run_beside_text_to_video_ones() {
         .unwrap();
     assert_eq!(generated.video.frames.len(), 4);
     assert_eq!(generated.image_fit, Some(ImageFit::Stretch));
+    // The image drives the output: the same request (seed, prompt) with the same image gives
+    // the same frames, with another image different ones.
+    let with_image = |image: image::RgbImage| {
+        let request = GenerationRequest {
+            image: Some(Arc::new(image)),
+            image_fit: ImageFit::Stretch,
+            ..quick(Variant::TinyI2v, 5)
+        };
+        engine
+            .submit(request, no_previews())
+            .wait_blocking(|_| {})
+            .unwrap()
+            .video
+            .frames
+    };
+    assert_eq!(
+        with_image(gradient()),
+        generated.video.frames,
+        "same image, same frames"
+    );
+    let other = image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([200 - (y * 5) as u8, 40, (x * 5) as u8])
+    });
+    assert_ne!(
+        with_image(other),
+        generated.video.frames,
+        "another image, other frames"
+    );
     let t2v = engine
         .submit(quick(Variant::Tiny, 5), no_previews())
         .wait_blocking(|_| {})

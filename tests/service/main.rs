@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod crafted_configs;
 mod engine_actor;
 mod expand_llm;
 mod queue;

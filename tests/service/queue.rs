@@ -430,3 +430,33 @@ async fn an_image_to_video_job_runs_from_the_stored_image() {
     );
     service.shutdown(ShutdownMode::Finish).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_returns_the_stored_record_and_tells_the_place_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let service = start(dir.path(), &tiny_engine(), &notifier).await;
+    let spec = tiny_spec("a quiet harbour", 2);
+    let submitted = service.submit(spec.clone(), origin(1, 10)).await.unwrap();
+    let id = submitted.id;
+    // The first thing the member hears is the job's place, sent by the service itself.
+    assert_eq!(
+        notifier.updates_of(id).first(),
+        Some(&JobUpdate::Queued {
+            position: submitted.position
+        })
+    );
+    let record = &submitted.record;
+    assert_eq!(record.id, id);
+    assert_eq!(record.spec, spec);
+    assert_eq!(record.origin, origin(1, 10));
+    assert_eq!(record.state, JobState::Queued);
+    let stored = service.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.round, stored.created_at),
+        (record.round, record.created_at),
+        "the record is the stored one, not a rebuilt copy"
+    );
+    wait_until(120, "delivery", || notifier.delivered() == vec![id]).await;
+    service.shutdown(ShutdownMode::Finish).await;
+}
