@@ -1,6 +1,6 @@
 //! `floor33 weights …`: download, convert, locate and check checkpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::DType;
@@ -49,19 +49,7 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             variant,
             no_convert,
             f16,
-        } => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            let ckpt = runtime.block_on(weights::download_variant(&variant, None))?;
-            println!("{}", ckpt.display());
-            if !no_convert {
-                let dst = locate::weights_dir()
-                    .join(&variant)
-                    .join("model.safetensors");
-                convert(&ckpt, &dst, f16)?;
-                println!("{}", dst.display());
-            }
-            Ok(())
-        }
+        } => download(&variant, no_convert, f16),
         WeightsCommand::Convert { src, dst, f16 } => convert(&src, &dst, f16),
         WeightsCommand::Path { variant } => {
             for path in locate::candidates(&variant) {
@@ -85,6 +73,50 @@ pub fn run(cmd: WeightsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Download (SHA-256 verified by the weights module), then check the checkpoint strictly against
+/// the model before and after conversion: a file that does not fit the model is never installed
+/// under the weights folder.
+fn download(variant: &str, no_convert: bool, f16: bool) -> Result<()> {
+    let model = Variant::parse(variant)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let ckpt = runtime.block_on(weights::download_variant(variant, None))?;
+    println!("{}", ckpt.display());
+    let what_to_do = |path: &Path| {
+        format!(
+            "{} does not fit the {variant} model. Check the variant name; if it is right, the \
+             checkpoint on the Hub is not the one floor33 was built for (delete {} and download \
+             again, or report it)",
+            path.display(),
+            ckpt.display()
+        )
+    };
+    check_file(model, &ckpt).with_context(|| what_to_do(&ckpt))?;
+    if no_convert {
+        return Ok(());
+    }
+    let dst = locate::weights_dir()
+        .join(variant)
+        .join("model.safetensors");
+    convert(&ckpt, &dst, f16)?;
+    if let Err(e) = check_file(model, &dst) {
+        // The converter wrote something the model cannot load: never leave it to be found.
+        let _ = std::fs::remove_file(&dst);
+        return Err(e.context(format!(
+            "converting {} produced a file that does not fit the model; it was deleted. \
+             Please report this",
+            ckpt.display()
+        )));
+    }
+    println!("{}", dst.display());
+    Ok(())
+}
+
+/// The strict key/shape check of `weights check` (reads no tensor data).
+fn check_file(model: Variant, path: &Path) -> Result<usize> {
+    let source = WeightSource::open(&[path])?;
+    Ok(check_source(&model.config(), &source)?)
 }
 
 fn convert(src: &std::path::Path, dst: &std::path::Path, f16: bool) -> Result<()> {

@@ -20,8 +20,9 @@ use super::source::WeightSource;
 /// Writes the tensors of `src` (any format [`WeightSource`] opens) whose name passes `keep` to
 /// `dst` as one safetensors file. With `dtype`, floating-point tensors are cast to it, except the
 /// schedule buffers, which keep their stored precision for the sampler. `progress(done, total)`
-/// is called in output bytes. The file is written under a temporary name and renamed at the end,
-/// so an interrupted conversion never leaves a plausible-looking `dst`. Returns what was written.
+/// is called in output bytes. The file is written under a temporary name (`<dst>.partial`) and
+/// renamed at the end, so an interrupted conversion never leaves a plausible-looking `dst`, and a
+/// failed one removes the temporary file. Returns what was written.
 pub fn convert_to_safetensors(
     src: &Path,
     dst: &Path,
@@ -31,20 +32,48 @@ pub fn convert_to_safetensors(
 ) -> Result<Manifest, WeightsError> {
     let source = WeightSource::open(&[src])?;
     let plan = plan(&source, dtype, keep)?;
-    let total: u64 = plan.iter().map(|p| p.bytes).sum();
+    let total = plan
+        .iter()
+        .try_fold(0u64, |sum, p| sum.checked_add(p.bytes))
+        .ok_or_else(|| WeightsError::format("converting", "total size overflows"))?;
     let header = header_json(&plan, src)?;
 
-    let tmp = temporary_path(dst);
+    let tmp = PartialFile(temporary_path(dst));
+    write_all(&source, &plan, &header, &tmp.0, total, &mut progress)?;
+    // After the rename the guard's removal finds nothing, which it ignores.
+    std::fs::rename(&tmp.0, dst)
+        .map_err(|e| WeightsError::io(format!("renaming to {}", dst.display()), e))?;
+    Ok(plan.into_iter().map(|p| (p.name, p.shape)).collect())
+}
+
+/// The temporary output; removed when dropped, so a failed or panicking conversion leaves no
+/// half-written file.
+struct PartialFile(PathBuf);
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_all(
+    source: &WeightSource,
+    plan: &[Planned],
+    header: &[u8],
+    tmp: &Path,
+    total: u64,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<(), WeightsError> {
     let ctx = || format!("writing {}", tmp.display());
-    let file = File::create(&tmp).map_err(|e| WeightsError::io(ctx(), e))?;
+    let file = File::create(tmp).map_err(|e| WeightsError::io(ctx(), e))?;
     let mut out = BufWriter::with_capacity(8 << 20, file);
     out.write_all(&(header.len() as u64).to_le_bytes())
-        .and_then(|_| out.write_all(&header))
+        .and_then(|_| out.write_all(header))
         .map_err(|e| WeightsError::io(ctx(), e))?;
 
     let mut done = 0u64;
     progress(done, total);
-    for item in &plan {
+    for item in plan {
         let tensor = source
             .load(&item.name, &Device::Cpu)?
             .to_dtype(item.dtype)
@@ -58,11 +87,7 @@ pub fn convert_to_safetensors(
     let file = out
         .into_inner()
         .map_err(|e| WeightsError::io(ctx(), e.into_error()))?;
-    file.sync_all().map_err(|e| WeightsError::io(ctx(), e))?;
-    drop(file);
-    std::fs::rename(&tmp, dst)
-        .map_err(|e| WeightsError::io(format!("renaming to {}", dst.display()), e))?;
-    Ok(plan.into_iter().map(|p| (p.name, p.shape)).collect())
+    file.sync_all().map_err(|e| WeightsError::io(ctx(), e))
 }
 
 struct Planned {
@@ -90,7 +115,10 @@ fn plan(
             _ => stored,
         };
         safetensors_dtype(out)?;
-        let bytes = (shape.iter().product::<usize>() * out.size_in_bytes()) as u64;
+        let bytes = shape
+            .iter()
+            .try_fold(out.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| WeightsError::format("converting", format!("{name}: size overflows")))?;
         plan.push(Planned {
             name,
             shape,

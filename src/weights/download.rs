@@ -3,7 +3,14 @@
 //! Resume: hf-hub 0.4 downloads into `<blob>.sync.part` in 10 MB ranged chunks and records how far
 //! it got; an interrupted download started again with the same cache directory continues from
 //! the last complete chunk. Files already in the cache are returned without any network access.
+//!
+//! Integrity: every checkpoint is an LFS file, for which the Hub sends its SHA-256 as the
+//! `X-Linked-Etag` header; hf-hub names the cached blob after that ETag. The hash is asked for
+//! first (no download without one), and whatever arrived (or sat in the cache) is hashed and
+//! compared with it before it is handed out; a file that does not match is deleted, so nothing
+//! unverified is ever converted or loaded.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::tokio::{ApiBuilder, ApiError, Progress};
@@ -83,21 +90,28 @@ pub async fn download_from(
     cache_dir: Option<&Path>,
     show_progress: bool,
 ) -> Result<PathBuf, WeightsError> {
-    if let Some(path) = cached(repo, file, cache_dir) {
-        return Ok(path);
-    }
     let fail = |detail: String| WeightsError::Download {
         repo: repo.to_string(),
         file: file.to_string(),
         detail,
     };
-    let mut builder = ApiBuilder::from_cache(cache(cache_dir))
-        .with_endpoint(endpoint.trim_end_matches('/').to_string())
-        .with_progress(false);
-    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
-        builder = builder.with_token(Some(token));
+    if let Some(path) = cached(repo, file, cache_dir) {
+        return verified(path, endpoint).await.map_err(fail);
     }
-    let api = builder.build().map_err(|e| fail(explain(&e, endpoint)))?;
+    let endpoint_url = endpoint.trim_end_matches('/');
+    let token = std::env::var("HF_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| cache(cache_dir).token());
+    let published = published_sha256(endpoint_url, repo, file, token.as_deref())
+        .await
+        .map_err(fail)?;
+    let api = ApiBuilder::from_cache(cache(cache_dir))
+        .with_endpoint(endpoint_url.to_string())
+        .with_progress(false)
+        .with_token(token)
+        .build()
+        .map_err(|e| fail(explain(&e, endpoint)))?;
     let bar = if show_progress {
         ProgressBar::new(0)
     } else {
@@ -111,10 +125,123 @@ pub async fn download_from(
         .progress_chars("=> "),
     );
     tracing::info!(repo, file, endpoint, "downloading checkpoint");
-    api.model(repo.to_string())
+    let path = api
+        .model(repo.to_string())
         .download_with_progress(file, Bar(bar))
         .await
-        .map_err(|e| fail(explain(&e, endpoint)))
+        .map_err(|e| fail(explain(&e, endpoint)))?;
+    let path = verified(path, endpoint).await.map_err(fail)?;
+    let blob = std::fs::canonicalize(&path).unwrap_or_default();
+    if blob.file_name() != Some(std::ffi::OsStr::new(&published)) {
+        // The Hub answered hf-hub's own request with another hash than ours a moment before.
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&blob);
+        return Err(fail(format!(
+            "the Hub changed the file's SHA-256 during the download (was {published}); the \
+             file was deleted, run the command again"
+        )));
+    }
+    Ok(path)
+}
+
+/// Asks the Hub for the file's SHA-256 before anything is downloaded: the `X-Linked-Etag` of
+/// an LFS file (else the `ETag`), read from the first answer without following the redirect
+/// to the storage host, as hf-hub does. Refuses an answer that is not a SHA-256: it could not
+/// be verified, and hf-hub would use it as a file name in the cache.
+async fn published_sha256(
+    endpoint: &str,
+    repo: &str,
+    file: &str,
+    token: Option<&str>,
+) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let mut request = client
+        .get(format!("{endpoint}/{repo}/resolve/main/{file}"))
+        .header(reqwest::header::RANGE, "bytes=0-0");
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| explain_request(&e, endpoint))?;
+    let headers = response.headers();
+    let etag = headers
+        .get("x-linked-etag")
+        .or_else(|| headers.get(reqwest::header::ETAG))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .replace('"', "")
+        .to_ascii_lowercase();
+    if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "the Hub gives no SHA-256 for this file (ETag {:?}), so a download could not be \
+             verified; nothing was downloaded. Check HF_ENDPOINT ({endpoint})",
+            etag.chars().take(80).collect::<String>()
+        ));
+    }
+    Ok(etag)
+}
+
+/// `path` (hf-hub's snapshot link to `blobs/<etag>`) once its SHA-256 matches the ETag; else
+/// the blob and the link are deleted and the message says what to do.
+async fn verified(path: PathBuf, endpoint: &str) -> Result<PathBuf, String> {
+    let blob = std::fs::canonicalize(&path)
+        .map_err(|e| format!("cannot resolve the cached file {}: {e}", path.display()))?;
+    let expected = blob
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let discard = |why: String| {
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&blob);
+        let _ = std::fs::remove_file(blob.with_extension("lock"));
+        format!(
+            "{why}; the file was deleted. Run the command again to download it afresh; if this \
+             repeats, the endpoint {endpoint} (HF_ENDPOINT) is not serving the published file"
+        )
+    };
+    if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(discard(format!(
+            "the Hub sent no SHA-256 for it (ETag {:?}), so it cannot be verified",
+            expected.chars().take(80).collect::<String>()
+        )));
+    }
+    tracing::info!(file = %blob.display(), "verifying SHA-256");
+    let hashed = blob.clone();
+    let actual = tokio::task::spawn_blocking(move || sha256_hex(&hashed))
+        .await
+        .map_err(|e| format!("hashing failed: {e}"))?
+        .map_err(|e| format!("cannot read {}: {e}", blob.display()))?;
+    if actual != expected {
+        return Err(discard(format!(
+            "its SHA-256 is {actual} but the Hub lists {expected} (corrupt or tampered download)"
+        )));
+    }
+    Ok(path)
+}
+
+fn sha256_hex(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn cache(cache_dir: Option<&Path>) -> Cache {
@@ -127,23 +254,29 @@ fn cache(cache_dir: Option<&Path>) -> Cache {
 /// Turns hf-hub errors into a sentence that says what to do.
 fn explain(e: &ApiError, endpoint: &str) -> String {
     match e {
-        ApiError::RequestError(re) if re.is_connect() || re.is_timeout() => format!(
-            "cannot reach {endpoint} (offline or blocked?); run again when online, an interrupted \
-             download resumes: {re}"
-        ),
-        ApiError::RequestError(re) => match re.status().map(|s| s.as_u16()) {
-            Some(401) | Some(403) => format!(
-                "access denied ({re}); accept the model's terms on the Hub and set HF_TOKEN"
-            ),
-            Some(404) => format!("not found on the Hub ({re})"),
-            _ => format!("request failed: {re}"),
-        },
+        ApiError::RequestError(re) => explain_request(re, endpoint),
         ApiError::LockAcquisition(path) => format!(
             "another download of this file is running (lock {})",
             path.display()
         ),
         ApiError::IoError(io) => format!("disk error: {io}"),
         other => other.to_string(),
+    }
+}
+
+fn explain_request(re: &reqwest::Error, endpoint: &str) -> String {
+    if re.is_connect() || re.is_timeout() {
+        return format!(
+            "cannot reach {endpoint} (offline or blocked?); run again when online, an interrupted \
+             download resumes: {re}"
+        );
+    }
+    match re.status().map(|s| s.as_u16()) {
+        Some(401) | Some(403) => {
+            format!("access denied ({re}); accept the model's terms on the Hub and set HF_TOKEN")
+        }
+        Some(404) => format!("not found on the Hub ({re})"),
+        _ => format!("request failed: {re}"),
     }
 }
 

@@ -11,7 +11,9 @@ mod error;
 mod keys;
 pub mod locate;
 mod manifest;
+mod pickle;
 mod pth;
+mod pth_storage;
 mod source;
 
 pub use convert::convert_to_safetensors;

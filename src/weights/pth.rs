@@ -1,22 +1,30 @@
-//! Lazy reader for PyTorch zip checkpoints (`torch.save` since 1.6): the pickle is parsed once to
-//! index every tensor; tensor bytes are read from the zip only when a tensor is requested.
+//! Lazy reader for PyTorch checkpoints: the zip format (`torch.save` since 1.6) and the legacy
+//! one (`_use_new_zipfile_serialization=False`: pickles back to back, then raw storages). The
+//! pickle is parsed once, by the bounded unpickler in `pickle.rs`, to index every tensor (where
+//! the storages are in the file is `pth_storage.rs`'s job); tensor bytes are read only when a
+//! tensor is requested.
+//!
+//! A checkpoint is untrusted input: at open every tensor is checked, with checked arithmetic,
+//! against the bytes its storage really has in the file (zip entry or legacy record), so a read
+//! never allocates more than the file holds and never reads outside its storage.
 //!
 //! candle's `PthTensors` is close, but it needs the state-dict key up front (and silently yields
 //! no tensors with the wrong one), drops tensors it cannot decode with only a message on stderr,
-//! and re-reads the zip directory for every tensor. Here the layout is detected, failures are
-//! errors, and one open archive is shared.
+//! re-reads the zip directory for every tensor, and its unpickler has no limits. Here the layout
+//! is detected, failures are errors, and one open file is shared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 
 use super::error::WeightsError;
+use super::pickle::{TensorRef, Value};
+use super::pth_storage::{self, StorageBytes};
 
 /// The deepspeed wrapper prefixes every key with this (the original loader drops `key[16:]`).
 const DEEPSPEED_PREFIX: &str = "_forward_module.";
@@ -32,60 +40,60 @@ pub enum PthLayout {
     DeepspeedModule,
 }
 
+/// Whether the first bytes of a file are a PyTorch checkpoint's (zip or legacy).
+pub(crate) fn is_pytorch(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.starts_with(&pth_storage::LEGACY_MAGIC)
+}
+
+/// One tensor, checked: `span` elements from `offset` lie inside its storage, whose bytes start
+/// at `data_start` in the file.
+#[derive(Debug, Clone)]
+struct TensorEntry {
+    dtype: DType,
+    shape: Shape,
+    /// Element strides, 0 for dims of size 1 (their stride never moves the index).
+    stride: Vec<usize>,
+    contiguous: bool,
+    /// Byte position of the first element the tensor uses.
+    first_byte: u64,
+    /// Elements from the first used one to the last one, inclusive.
+    span: usize,
+}
+
 pub(crate) struct PthIndex {
     path: PathBuf,
     layout: PthLayout,
-    tensors: BTreeMap<String, TensorInfo>,
-    zip: Mutex<zip::ZipArchive<BufReader<File>>>,
+    tensors: BTreeMap<String, TensorEntry>,
+    file: Mutex<File>,
 }
 
 impl PthIndex {
     pub(crate) fn open(path: &Path) -> Result<Self, WeightsError> {
         let ctx = || format!("reading PyTorch checkpoint {}", path.display());
-        let file = File::open(path).map_err(|e| WeightsError::io(ctx(), e))?;
-        let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
-            WeightsError::format(
-                ctx(),
-                format!("not a zip archive ({e}); legacy (pre-1.6) torch files are not supported"),
-            )
-        })?;
-        let pkl = zip
-            .file_names()
-            .filter_map(Result::ok)
-            .find(|n| n.ends_with("data.pkl"))
-            .map(|n| n.into_owned())
-            .ok_or_else(|| WeightsError::format(ctx(), "no data.pkl in the archive"))?;
-        let dir = PathBuf::from(pkl.trim_end_matches(".pkl"));
-        let object = {
-            let entry = zip
-                .by_name(&pkl)
-                .map_err(|e| WeightsError::format(ctx(), e))?;
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut BufReader::new(entry))
-                .map_err(|e| WeightsError::format(ctx(), format!("unpickling data.pkl: {e}")))?;
-            stack
-                .finalize()
-                .map_err(|e| WeightsError::format(ctx(), e))?
-        };
+        let mut file = File::open(path).map_err(|e| WeightsError::io(ctx(), e))?;
+        let (object, storages) =
+            pth_storage::index(&mut file).map_err(|d| WeightsError::format(ctx(), d))?;
+
         let (layout, state) =
             select_state_dict(object).map_err(|d| WeightsError::format(ctx(), d))?;
         let mut tensors = BTreeMap::new();
         for (key, value) in state {
-            let Object::Unicode(name) = &key else {
+            let Value::Str(name) = key else {
                 continue;
             };
             let name = match layout {
-                PthLayout::DeepspeedModule => name.strip_prefix(DEEPSPEED_PREFIX).unwrap_or(name),
+                PthLayout::DeepspeedModule => name
+                    .strip_prefix(DEEPSPEED_PREFIX)
+                    .unwrap_or(&name)
+                    .to_string(),
                 _ => name,
-            }
-            .to_string();
-            let info = match value.into_tensor_info(key, &dir) {
-                Ok(Some(info)) => info,
-                Ok(None) => continue, // not a tensor (an int, a nested config...)
-                Err(e) => return Err(WeightsError::format(ctx(), format!("tensor {name}: {e}"))),
             };
-            if tensors.insert(name.clone(), info).is_some() {
+            let Value::Tensor(tensor) = value else {
+                continue; // not a tensor (an int, a nested config...)
+            };
+            let entry = check_tensor(&tensor, &storages)
+                .map_err(|d| WeightsError::format(ctx(), format!("tensor {name}: {d}")))?;
+            if tensors.insert(name.clone(), entry).is_some() {
                 return Err(WeightsError::format(
                     ctx(),
                     format!("duplicate tensor {name}"),
@@ -102,7 +110,7 @@ impl PthIndex {
             path: path.to_path_buf(),
             layout,
             tensors,
-            zip: Mutex::new(zip),
+            file: Mutex::new(file),
         })
     }
 
@@ -114,7 +122,7 @@ impl PthIndex {
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &[usize], DType)> {
         self.tensors
             .iter()
-            .map(|(n, i)| (n.as_str(), i.layout.dims(), i.dtype))
+            .map(|(n, e)| (n.as_str(), e.shape.dims(), e.dtype))
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
@@ -122,47 +130,33 @@ impl PthIndex {
     }
 
     pub(crate) fn shape(&self, name: &str) -> Option<&Shape> {
-        self.tensors.get(name).map(|i| i.layout.shape())
+        self.tensors.get(name).map(|e| &e.shape)
     }
 
     /// Reads one tensor in its stored dtype onto the CPU.
     pub(crate) fn read(&self, name: &str) -> candle_core::Result<Tensor> {
-        let info = self.tensors.get(name).ok_or_else(|| {
+        let entry = self.tensors.get(name).ok_or_else(|| {
             candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
             }
             .bt()
         })?;
-        let layout = &info.layout;
-        let fortran = !layout.is_contiguous() && layout.is_fortran_contiguous();
-        if !layout.is_contiguous() && !fortran {
-            candle_core::bail!("{name}: strided tensors are not supported ({layout:?})");
-        }
-        let elems = layout.shape().elem_count();
-        if layout.start_offset() / info.dtype.size_in_bytes() + elems > info.storage_size {
-            candle_core::bail!("{name}: tensor runs past the end of its storage");
-        }
-        let mut zip = self
-            .zip
+        let mut file = self
+            .file
             .lock()
             .map_err(|_| candle_core::Error::Msg("checkpoint reader poisoned".into()))?;
-        let mut entry = zip
-            .by_name(&info.path)
-            .map_err(|e| candle_core::Error::Msg(format!("{name}: {}: {e}", info.path)))?;
-        let skip = layout.start_offset() as u64;
-        if std::io::copy(&mut (&mut entry).take(skip), &mut std::io::sink())? != skip {
-            candle_core::bail!("{name}: storage {} is truncated", info.path);
+        file.seek(SeekFrom::Start(entry.first_byte))?;
+        let mut r = BufReader::new(&mut *file);
+        match entry.dtype {
+            DType::F32 => read_typed::<f32>(&mut r, entry),
+            DType::F16 => read_typed::<half::f16>(&mut r, entry),
+            DType::BF16 => read_typed::<half::bf16>(&mut r, entry),
+            DType::F64 => read_typed::<f64>(&mut r, entry),
+            DType::I64 => read_typed::<i64>(&mut r, entry),
+            DType::U8 => read_typed::<u8>(&mut r, entry),
+            other => candle_core::bail!("{name}: unsupported stored dtype {other:?}"),
         }
-        let dims = layout.dims();
-        if fortran {
-            // Column-major: read as the reversed shape, then reverse the axes back.
-            let reversed: Vec<usize> = dims.iter().rev().copied().collect();
-            let t = read_values(&mut entry, info.dtype, &reversed)?;
-            let axes: Vec<usize> = (0..dims.len()).rev().collect();
-            t.permute(axes)?.contiguous()
-        } else {
-            read_values(&mut entry, info.dtype, dims)
-        }
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
     }
 }
 
@@ -176,52 +170,133 @@ impl std::fmt::Debug for PthIndex {
     }
 }
 
+/// Checks a tensor against its storage's real bytes and works out what to read.
+fn check_tensor(
+    t: &TensorRef,
+    storages: &HashMap<String, StorageBytes>,
+) -> Result<TensorEntry, String> {
+    let dtype = t
+        .storage
+        .dtype
+        .clone()
+        .map_err(|class| format!("storage type {class} is not supported"))?;
+    let elem = dtype.size_in_bytes() as u64;
+    let bytes = storages
+        .get(&t.storage.key)
+        .ok_or_else(|| format!("storage {} is not in the file", t.storage.key))?;
+    let declared = t
+        .storage
+        .numel
+        .checked_mul(elem)
+        .filter(|&b| b <= bytes.len)
+        .ok_or_else(|| {
+            format!(
+                "storage {} declares {} elements of {elem} bytes but the file holds {} bytes",
+                t.storage.key, t.storage.numel, bytes.len
+            )
+        })?;
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .ok_or("its element count overflows")?;
+    // Index of the last element, in elements from the storage's start.
+    let mut last = t.offset;
+    for (&d, &s) in t.shape.iter().zip(&t.stride) {
+        if d > 1 {
+            last = (d - 1)
+                .checked_mul(s)
+                .and_then(|step| last.checked_add(step))
+                .ok_or("its extent overflows")?;
+        }
+    }
+    let storage_numel = declared / elem;
+    if numel > 0 && last >= storage_numel {
+        return Err(format!(
+            "offset {} with size {:?} and stride {:?} reaches element {last}, past its storage of {storage_numel}",
+            t.offset, t.shape, t.stride
+        ));
+    }
+    if numel > storage_numel {
+        return Err(format!(
+            "{numel} elements from a storage of {storage_numel} (broadcast views are not supported)"
+        ));
+    }
+    let to_usize =
+        |v: u64| usize::try_from(v).map_err(|_| "too large for this machine".to_string());
+    let dims = t
+        .shape
+        .iter()
+        .map(|&d| to_usize(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stride = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .map(|(&d, &s)| if d > 1 { to_usize(s) } else { Ok(0) })
+        .collect::<Result<Vec<_>, _>>()?;
+    let span = if numel == 0 {
+        0
+    } else {
+        to_usize(last - t.offset + 1)?
+    };
+    let contiguous = span == to_usize(numel)? && is_row_major(&dims, &stride);
+    let first_byte = t
+        .offset
+        .checked_mul(elem)
+        .and_then(|b| b.checked_add(bytes.start))
+        .ok_or("its offset overflows")?;
+    Ok(TensorEntry {
+        dtype,
+        shape: Shape::from(dims),
+        stride,
+        contiguous,
+        first_byte,
+        span,
+    })
+}
+
+fn is_row_major(dims: &[usize], stride: &[usize]) -> bool {
+    let mut expect = 1usize;
+    for (&d, &s) in dims.iter().zip(stride).rev() {
+        if d > 1 && s != expect {
+            return false;
+        }
+        expect = expect.saturating_mul(d);
+    }
+    true
+}
+
 /// Mirrors the original loader: `module` (deepspeed), else `state_dict`, else the object itself.
-fn select_state_dict(object: Object) -> Result<(PthLayout, Vec<(Object, Object)>), String> {
-    let top = object
-        .dict()
-        .map_err(|o| format!("top-level object is not a dict: {}", short(&o)))?;
+fn select_state_dict(object: Value) -> Result<(PthLayout, Vec<(Value, Value)>), String> {
+    let Value::Dict(mut top) = object else {
+        return Err(format!("top-level object is {}, not a dict", object.kind()));
+    };
     for (key, layout) in [
         ("module", PthLayout::DeepspeedModule),
         ("state_dict", PthLayout::StateDict),
     ] {
         if let Some(pos) = top.iter().position(|(k, v)| {
-            matches!(k, Object::Unicode(s) if s == key) && matches!(v, Object::Dict(_))
+            matches!(k, Value::Str(s) if s == key) && matches!(v, Value::Dict(_))
         }) {
-            let mut top = top;
             let (_, inner) = top.swap_remove(pos);
-            return Ok((layout, inner.dict().unwrap_or_default()));
+            let Value::Dict(inner) = inner else {
+                unreachable!("matched a dict above")
+            };
+            return Ok((layout, inner));
         }
     }
     Ok((PthLayout::Bare, top))
 }
 
-fn short(o: &Object) -> String {
-    let s = format!("{o:?}");
-    s.chars().take(200).collect()
-}
-
-/// Reads `shape.product()` little-endian values straight into the tensor's own buffer.
-fn read_values(r: &mut impl Read, dtype: DType, dims: &[usize]) -> candle_core::Result<Tensor> {
-    let n: usize = dims.iter().product();
-    match dtype {
-        DType::F32 => read_typed::<f32>(r, n, dims),
-        DType::F16 => read_typed::<half::f16>(r, n, dims),
-        DType::BF16 => read_typed::<half::bf16>(r, n, dims),
-        DType::F64 => read_typed::<f64>(r, n, dims),
-        DType::I64 => read_typed::<i64>(r, n, dims),
-        DType::U8 => read_typed::<u8>(r, n, dims),
-        other => candle_core::bail!("unsupported stored dtype {other:?}"),
-    }
-}
-
+/// Reads the tensor's span of little-endian values straight into a buffer, then picks its
+/// elements out when it is a strided view.
 #[cfg(target_endian = "little")]
 fn read_typed<T: candle_core::WithDType + Default>(
     r: &mut impl Read,
-    n: usize,
-    dims: &[usize],
+    entry: &TensorEntry,
 ) -> candle_core::Result<Tensor> {
-    let mut values = vec![T::default(); n];
+    let mut values = vec![T::default(); entry.span];
     // SAFETY: the element types above are plain numbers for which every bit pattern is valid, the
     // byte view covers exactly the vector's initialised storage, and the file is little-endian
     // like the host (checked by the cfg).
@@ -232,7 +307,32 @@ fn read_typed<T: candle_core::WithDType + Default>(
         )
     };
     r.read_exact(bytes)?;
-    Tensor::from_vec(values, dims, &Device::Cpu)
+    if !entry.contiguous {
+        values = gather(&values, entry.shape.dims(), &entry.stride);
+    }
+    Tensor::from_vec(values, entry.shape.dims(), &Device::Cpu)
+}
+
+/// The elements of a strided view in row-major order. `check_tensor` guarantees every index is
+/// inside `span` and strides of size-1 dims are 0.
+fn gather<T: Copy>(span: &[T], dims: &[usize], stride: &[usize]) -> Vec<T> {
+    let n: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(n);
+    let mut index = vec![0usize; dims.len()];
+    let mut at = 0usize;
+    for _ in 0..n {
+        out.push(span[at]);
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            if index[d] < dims[d] {
+                at += stride[d];
+                break;
+            }
+            at -= stride[d] * (dims[d] - 1);
+            index[d] = 0;
+        }
+    }
+    out
 }
 
 /// `VarBuilder` backend over a shared index: loads each tensor when asked, checks its shape

@@ -1,4 +1,4 @@
-//! Opening checkpoints: memory-mapped safetensors (one or several files) or one PyTorch zip
+//! Opening checkpoints: memory-mapped safetensors (one or several files) or one PyTorch
 //! checkpoint, behind one type that lists its tensors and hands out a `VarBuilder`.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use super::download::download_hint;
 use super::error::WeightsError;
 use super::manifest::Manifest;
-use super::pth::{PthBackend, PthIndex, PthLayout};
+use super::pth::{is_pytorch, PthBackend, PthIndex, PthLayout};
 
 /// What kind of file a [`WeightSource`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ enum Files {
 
 impl WeightSource {
     /// Opens `.safetensors` files (several are merged; a name in two files is an error) or exactly
-    /// one PyTorch zip checkpoint (`model.ckpt`, `.pth`). The kind is sniffed from the file
+    /// one PyTorch checkpoint (`model.ckpt`, `.pth`; zip or legacy format). The kind is sniffed from the file
     /// contents, not the extension. A missing file gives [`WeightsError::NotFound`] with a
     /// download hint.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Self, WeightsError> {
@@ -57,7 +57,7 @@ impl WeightSource {
                     hint: download_hint(),
                 });
             }
-            if is_zip(path)? {
+            if is_pytorch_file(path)? {
                 zips += 1;
             }
         }
@@ -215,14 +215,14 @@ impl SimpleBackend for SharedSafetensors {
     }
 }
 
-fn is_zip(path: &Path) -> Result<bool, WeightsError> {
-    let mut magic = [0u8; 4];
+fn is_pytorch_file(path: &Path) -> Result<bool, WeightsError> {
+    let mut magic = [0u8; 16];
     let mut file = std::fs::File::open(path)
         .map_err(|e| WeightsError::io(format!("opening {}", path.display()), e))?;
     let n = file
         .read(&mut magic)
         .map_err(|e| WeightsError::io(format!("reading {}", path.display()), e))?;
-    Ok(n == 4 && &magic == b"PK\x03\x04")
+    Ok(is_pytorch(&magic[..n]))
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

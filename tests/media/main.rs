@@ -8,3 +8,6 @@ mod generate_cli;
 mod generate_cli_limits;
 mod mp4;
 mod weights;
+mod weights_crafted;
+mod weights_download;
+mod weights_torch;
