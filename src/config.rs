@@ -84,6 +84,10 @@ pub struct DiscordConfig {
     /// Hosts `/i2v` images are downloaded from (host names only, no scheme or port): Discord's
     /// CDN by default; a test against a fake Discord adds 127.0.0.1.
     pub cdn_hosts: Vec<String>,
+    /// For tests against a loopback fake Discord only: also download `/i2v` images over plain
+    /// http, on any port, from listed hosts that are loopback IP addresses. Off by default;
+    /// never needed in production.
+    pub insecure_loopback_cdn_for_tests: bool,
     /// Only here to refuse a token written into the file with a clear message.
     #[serde(default)]
     token: Option<toml::Value>,
@@ -128,7 +132,7 @@ impl Default for LlmConfig {
             base_url: None,
             model: "gpt-4o-mini".into(),
             api_key_env: None,
-            timeout_s: crate::core::expand::DEFAULT_TIMEOUT.as_secs(),
+            timeout_s: crate::llm::DEFAULT_TIMEOUT.as_secs(),
             temperature: 0.7,
             max_tokens: 200,
             prompts_dir: PathBuf::from("prompts"),
@@ -142,6 +146,7 @@ impl Default for DiscordConfig {
             api_base: "https://discord.com/api/v10".into(),
             dev_guild_id: None,
             cdn_hosts: crate::discord::download::default_hosts(),
+            insecure_loopback_cdn_for_tests: false,
             token: None,
         }
     }
@@ -164,8 +169,11 @@ impl Default for LimitsConfig {
 pub struct Secret(String);
 
 impl Secret {
+    /// Also masks the value in every log line from now on (see [`crate::redact`]).
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::redact::register_secret(&value);
+        Secret(value)
     }
 
     pub fn expose(&self) -> &str {
@@ -206,7 +214,7 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         if config.discord.token.is_some() {
             bail!("`discord.token` is not read from the file: put the bot token in the DISCORD_TOKEN environment variable");
         }
@@ -289,35 +297,14 @@ impl Config {
         Ok(())
     }
 
-    /// Catches a bad value at start-up rather than at the first request.
+    /// Catches a bad value at start-up rather than at the first request. Every message names
+    /// the key; none repeats a value that could be a credential.
     pub fn validate(&self) -> Result<()> {
-        if self.engine.variants.is_empty() {
-            bail!("`engine.variants` is empty: name at least one model to load");
-        }
-        for v in &self.engine.variants {
-            Variant::parse(&v.name).context("in `engine.variants`")?;
-        }
-        if self.discord.cdn_hosts.is_empty() {
-            bail!("`discord.cdn_hosts` is empty: /i2v could download no image (Discord's are cdn.discordapp.com and media.discordapp.net)");
-        }
-        // A URL where a host name belongs would never match, and every /i2v would be refused.
-        if let Some(bad) = self
-            .discord
-            .cdn_hosts
-            .iter()
-            .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
-        {
-            bail!("`discord.cdn_hosts`: `{bad}` is not a host name (write e.g. cdn.discordapp.com, without scheme, port or path)");
-        }
-        if self.limits.global_cap == 0 {
-            bail!("`limits.global_cap` must be at least 1");
-        }
-        if !(0.0..=2.0).contains(&self.llm.temperature) {
-            bail!("`llm.temperature` must be between 0 and 2");
-        }
-        if self.llm.timeout_s == 0 {
-            bail!("`llm.timeout_s` must be at least 1");
-        }
+        self.validate_engine()?;
+        self.validate_database()?;
+        self.validate_llm()?;
+        self.validate_discord()?;
+        self.validate_limits()?;
         let bounds = crate::core::settings::SettingsBounds {
             limits: self.engine_limits(),
             variants: self.variants()?,
@@ -328,6 +315,127 @@ impl Config {
             check
                 .set(key, &self.defaults.get(key), &bounds)
                 .map_err(|e| anyhow::anyhow!("in `[defaults]`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_engine(&self) -> Result<()> {
+        let engine = &self.engine;
+        if engine.variants.is_empty() {
+            bail!("`engine.variants` is empty: name at least one model to load");
+        }
+        let mut seen = Vec::new();
+        for (i, v) in engine.variants.iter().enumerate() {
+            // Not repeated: whatever was written there may not be meant for a terminal.
+            let Some(variant) = Variant::ALL.into_iter().find(|k| k.name() == v.name) else {
+                let known: Vec<_> = Variant::ALL.iter().map(|k| k.name()).collect();
+                bail!(
+                    "`engine.variants[{i}].name` is not a known model (known: {})",
+                    known.join(", ")
+                );
+            };
+            if seen.contains(&variant) {
+                bail!("`engine.variants[{i}].name`: {variant} is listed twice");
+            }
+            seen.push(variant);
+            if v.weights.iter().any(|p| p.as_os_str().is_empty()) {
+                bail!("`engine.variants[{i}].weights` holds an empty path");
+            }
+        }
+        if !valid_device(&engine.device) {
+            bail!("`engine.device` must be auto, cpu, cuda or cuda:N");
+        }
+        match engine.dtype.as_str() {
+            "auto" | "f32" | "f16" => {}
+            "bf16" if engine.device == "cpu" => {
+                bail!("`engine.dtype` bf16 is not supported on the CPU (`engine.device = \"cpu\"`); use f32")
+            }
+            "bf16" => {}
+            _ => bail!("`engine.dtype` must be auto, f32, f16 or bf16"),
+        }
+        Ok(())
+    }
+
+    fn validate_database(&self) -> Result<()> {
+        let db = &self.database;
+        if db.path.as_os_str().is_empty() {
+            bail!("`database.path` is empty");
+        }
+        if db.path.is_dir() {
+            bail!("`database.path` names a directory; give the database file's path");
+        }
+        if db
+            .results_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            bail!("`database.results_dir` is empty; leave it out for results/ beside the database");
+        }
+        Ok(())
+    }
+
+    fn validate_llm(&self) -> Result<()> {
+        let llm = &self.llm;
+        if let Some(name) = &llm.api_key_env {
+            if !valid_env_name(name) {
+                // Not repeated: a key pasted here by mistake must not reach the terminal.
+                bail!("`llm.api_key_env` must be the name of an environment variable (letters, digits and _), not the key itself");
+            }
+        }
+        if let Some(url) = llm.base_url.as_deref().filter(|u| !u.trim().is_empty()) {
+            let url = checked_url("llm.base_url", url)?;
+            if llm.api_key_env.is_some() && url.scheme() != "https" && !is_loopback(&url) {
+                bail!("`llm.base_url` must be https when `llm.api_key_env` is set (plain http only to a loopback address): the key would travel in clear");
+            }
+            if llm.model.trim().is_empty() {
+                bail!("`llm.model` is empty: name the model the endpoint serves");
+            }
+        }
+        if llm.model.chars().count() > 200 {
+            bail!("`llm.model` is longer than 200 characters");
+        }
+        in_range("llm.timeout_s", llm.timeout_s, 1, 300)?;
+        in_range_f64("llm.temperature", llm.temperature, 0.0, 2.0)?;
+        in_range("llm.max_tokens", llm.max_tokens, 1, 8192)?;
+        if llm.prompts_dir.as_os_str().is_empty() {
+            bail!("`llm.prompts_dir` is empty (use \"prompts\" for the default)");
+        }
+        Ok(())
+    }
+
+    fn validate_discord(&self) -> Result<()> {
+        let discord = &self.discord;
+        let api = checked_url("discord.api_base", &discord.api_base)?;
+        if api.scheme() != "https" && !is_loopback(&api) {
+            bail!("`discord.api_base` must be https (plain http only to a loopback address, for a local stand-in): the bot token would travel in clear");
+        }
+        if let Some(id) = discord.dev_guild_id {
+            // Discord ids are non-zero and fit in 63 bits; serenity panics on 0.
+            in_range("discord.dev_guild_id", id, 1, i64::MAX as u64)?;
+        }
+        if discord.cdn_hosts.is_empty() {
+            bail!("`discord.cdn_hosts` is empty: /i2v could download no image (Discord's are cdn.discordapp.com and media.discordapp.net)");
+        }
+        for host in &discord.cdn_hosts {
+            crate::discord::download::normalise_host(host)
+                .map_err(|e| anyhow::anyhow!("`discord.cdn_hosts`: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<()> {
+        let limits = &self.limits;
+        in_range("limits.global_cap", limits.global_cap, 1, 100_000)?;
+        in_range("limits.max_steps", limits.max_steps, 1, 1000)?;
+        in_range(
+            "limits.max_prompt_chars",
+            limits.max_prompt_chars,
+            1,
+            10_000,
+        )?;
+        let every = limits.preview_every_s;
+        if every != 0.0 && !(every.is_finite() && (0.1..=3600.0).contains(&every)) {
+            bail!("`limits.preview_every_s` must be 0 (no previews) or between 0.1 and 3600 (it is {every})");
         }
         Ok(())
     }
@@ -358,15 +466,23 @@ impl Config {
         config.defaults = self.defaults.clone();
         config.global_cap = self.limits.global_cap;
         config.limits = self.engine_limits();
+        // `validate` bounds the value; `try_` keeps an unvalidated config from panicking.
         config.preview_every = (self.limits.preview_every_s > 0.0)
-            .then(|| Duration::from_secs_f64(self.limits.preview_every_s));
+            .then(|| Duration::try_from_secs_f64(self.limits.preview_every_s).ok())
+            .flatten();
         config
     }
 
     /// How `/i2v` images are downloaded: from the configured hosts only.
     pub fn download_policy(&self) -> crate::discord::download::DownloadPolicy {
         crate::discord::download::DownloadPolicy {
-            allowed_hosts: self.discord.cdn_hosts.clone(),
+            allowed_hosts: self
+                .discord
+                .cdn_hosts
+                .iter()
+                .filter_map(|h| crate::discord::download::normalise_host(h).ok())
+                .collect(),
+            insecure_loopback_for_tests: self.discord.insecure_loopback_cdn_for_tests,
             ..Default::default()
         }
     }
@@ -374,7 +490,7 @@ impl Config {
     /// The bot token, from `DISCORD_TOKEN` only.
     pub fn discord_token() -> Result<Secret> {
         match std::env::var("DISCORD_TOKEN") {
-            Ok(t) if !t.trim().is_empty() => Ok(Secret(t.trim().to_string())),
+            Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
             _ => bail!("set the bot token in the DISCORD_TOKEN environment variable"),
         }
     }
@@ -385,10 +501,157 @@ impl Config {
             return Ok(None);
         };
         match std::env::var(name) {
-            Ok(key) if !key.trim().is_empty() => Ok(Some(Secret(key.trim().to_string()))),
+            Ok(key) if !key.trim().is_empty() => Ok(Some(Secret::new(key.trim()))),
             _ => bail!("`llm.api_key_env` names {name}, which is not set"),
         }
     }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display>(key: &str, value: T, lo: T, hi: T) -> Result<()> {
+    if value < lo || value > hi {
+        bail!("`{key}` must be between {lo} and {hi} (it is {value})");
+    }
+    Ok(())
+}
+
+fn in_range_f64(key: &str, value: f64, lo: f64, hi: f64) -> Result<()> {
+    if !value.is_finite() || value < lo || value > hi {
+        bail!("`{key}` must be a number between {lo} and {hi} (it is {value})");
+    }
+    Ok(())
+}
+
+/// An http(s) URL with a host and no user info. The URL is not repeated in the message: it
+/// could carry a credential.
+fn checked_url(key: &str, raw: &str) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|e| anyhow::anyhow!("`{key}` is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("`{key}` must be an http or https URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("`{key}` has no host");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!(
+            "`{key}` must not hold a user name or password; credentials come from the environment"
+        );
+    }
+    Ok(url)
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("");
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn valid_device(spec: &str) -> bool {
+    match spec {
+        "auto" | "cpu" | "cuda" => true,
+        s => s
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<u16>().is_ok()),
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64
+}
+
+/// A TOML error as the operator needs it: the key and the line, never the line's text (toml's
+/// own message quotes it, and it may hold a credential pasted into the wrong place).
+fn toml_error(text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let message = hide_quoted(e.message().trim());
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{message}");
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..text.floor_char_boundary(start)];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    match key_at(text, line) {
+        Some(key) => anyhow::anyhow!("`{key}` (line {line}, column {column}): {message}"),
+        None => anyhow::anyhow!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// The dotted key written on 1-based `line` (with its table), when the line is `key = …`.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    for raw in text.lines().take(line.saturating_sub(1)) {
+        let l = raw.trim();
+        if l.starts_with('[') {
+            table = l
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+        }
+    }
+    let l = text.lines().nth(line - 1)?.trim();
+    if l.starts_with('[') {
+        let name = l.trim_start_matches('[').split(']').next()?.trim();
+        return Some(name.to_string()).filter(|n| valid_key(n));
+    }
+    let key = l.split('=').next()?.trim();
+    if !l.contains('=') || !valid_key(key) {
+        return (!table.is_empty()).then_some(table);
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' '))
+}
+
+/// Replaces every double-quoted part of a parser message (serde quotes the offending value),
+/// and the value of an "unknown variant `…`"; other `backticked` names (keys, expected tokens)
+/// are kept.
+fn hide_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find(['"', '`']) {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let quote = &tail[..1];
+        let body = &tail[1..];
+        let hide = quote == "\"" || out.ends_with("unknown variant ");
+        let end = body.find(quote);
+        out.push_str(quote);
+        match (hide, end) {
+            (true, _) => out.push('…'),
+            (false, Some(j)) => out.push_str(&body[..j]),
+            (false, None) => out.push_str(body),
+        }
+        match end {
+            Some(j) => {
+                out.push_str(quote);
+                rest = &body[j + 1..];
+            }
+            None => rest = "",
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -471,6 +734,23 @@ mod tests {
     }
 
     #[test]
+    fn parser_messages_keep_names_and_hide_values() {
+        assert_eq!(
+            hide_quoted("invalid type: string \"sk-1\", expected u64"),
+            "invalid type: string \"…\", expected u64"
+        );
+        assert_eq!(
+            hide_quoted("unknown variant `sk-2`, expected one of `vc2`, `tiny`"),
+            "unknown variant `…`, expected one of `vc2`, `tiny`"
+        );
+        assert_eq!(
+            hide_quoted("invalid basic string, expected `\"`"),
+            "invalid basic string, expected `\"`"
+        );
+        assert_eq!(hide_quoted("unterminated \"sk-3"), "unterminated \"…");
+    }
+
+    #[test]
     fn bad_values_are_caught_at_start_up() {
         let err = Config::from_toml("[defaults]\nmax_steps = 5000\n")
             .unwrap()
@@ -481,7 +761,7 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap_err();
-        assert!(format!("{err:#}").contains("unknown variant"), "{err:#}");
+        assert!(format!("{err:#}").contains("not a known model"), "{err:#}");
         assert!(Config::from_toml("[engine]\ncolour = 1\n").is_err());
         for hosts in [
             "[]",

@@ -8,7 +8,8 @@ fn main() -> std::process::ExitCode {
     match floor33::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The chain may quote a URL or payload; it gets the logs' redaction.
+            eprintln!("error: {}", floor33::redact::redact(&format!("{err:#}")));
             std::process::ExitCode::FAILURE
         }
     }

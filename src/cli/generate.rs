@@ -52,22 +52,49 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub frames: Option<usize>,
     /// Frame rate of the written MP4 (default: the original scripts' 10).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(range_i64(&crate::video::mp4::FPS_RANGE)))]
     pub save_fps: Option<u32>,
     /// Checkpoint files (model.ckpt or .safetensors); default: see `floor33 weights path`.
     #[arg(long)]
     pub weights: Vec<PathBuf>,
     #[command(flatten)]
     pub compute: DeviceArgs,
-    /// x264 constant rate factor.
-    #[arg(long, default_value_t = 18)]
+    /// x264 constant rate factor (1..=51, lower is better).
+    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(range_i64(&crate::video::mp4::CRF_RANGE)))]
     pub crf: u8,
     #[arg(long, short)]
     pub out: PathBuf,
 }
 
+/// A range for clap's integer value parsers.
+fn range_i64<T: Copy + Into<i64>>(
+    r: &std::ops::RangeInclusive<T>,
+) -> std::ops::RangeInclusive<i64> {
+    (*r.start()).into()..=(*r.end()).into()
+}
+
+/// What can be checked without the model: the output path (the request itself is checked by
+/// the engine's limits right after it is built, also before any work).
+fn check_output(out: &std::path::Path) -> Result<()> {
+    if out.is_dir() {
+        anyhow::bail!(
+            "--out {} is a directory; give a file name such as out.mp4",
+            out.display()
+        );
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !parent.is_dir() {
+        anyhow::bail!("--out: the directory {} does not exist", parent.display());
+    }
+    Ok(())
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let variant = Variant::parse(&args.variant)?;
+    check_output(&args.out)?;
     let defaults = GenerationRequest::with_defaults(variant, args.prompt.clone(), 0);
     let seed = args.seed.unwrap_or_else(random_seed);
     let request = GenerationRequest {

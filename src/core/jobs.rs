@@ -165,14 +165,6 @@ impl JobState {
     pub fn parse(name: &str) -> Option<JobState> {
         JobState::ALL.into_iter().find(|s| s.name() == name)
     }
-
-    /// No further state change will happen (delivery aside).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Done | JobState::Failed | JobState::Cancelled
-        )
-    }
 }
 
 impl fmt::Display for JobState {
@@ -239,6 +231,71 @@ impl JobRecord {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// New jobs from stored ones: the Re-roll and Remix buttons.
+
+/// What a member changes when remixing a job: the Remix form's fields, as typed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RemixEdit {
+    pub prompt: String,
+    /// Empty for none.
+    pub negative: String,
+    /// Empty for a new random seed.
+    pub seed: String,
+}
+
+impl JobSpec {
+    /// A Re-roll: the same settings (and the same expanded prompt), a new seed.
+    ///
+    /// The stored expansion goes along and the service does not expand a spec that has one,
+    /// so a Re-roll costs no LLM call. `expand` stays as the member chose it, so a later Remix
+    /// of the new job expands its new prompt again. A job whose expansion fell back has none
+    /// and is expanded again, like any job that asks for it, if this bot still can.
+    pub fn reroll(&self, expand_available: bool) -> JobSpec {
+        let mut spec = self.clone();
+        spec.seed = new_seed(spec.seed);
+        spec.expand &= spec.expanded_prompt.is_some() || expand_available;
+        spec
+    }
+
+    /// A Remix: the member's edited prompt, negative prompt and seed over the stored job.
+    ///
+    /// The old expansion does not describe the edited text, so it is dropped, and the new
+    /// prompt is expanded if the original job asked for expansion and this bot still can. The
+    /// error is one sentence for the member.
+    pub fn remix(&self, edit: &RemixEdit, expand_available: bool) -> Result<JobSpec, String> {
+        let max = super::validate::MAX_SEED;
+        let seed = match edit.seed.trim() {
+            "" => new_seed(self.seed),
+            s => match s.parse::<u64>() {
+                Ok(v) if v <= max => v,
+                _ => {
+                    return Err(format!(
+                        "The seed must be a whole number between 0 and {max}."
+                    ))
+                }
+            },
+        };
+        let mut spec = self.clone();
+        spec.prompt = edit.prompt.trim().to_string();
+        spec.expanded_prompt = None;
+        spec.expand &= expand_available;
+        spec.negative = Some(edit.negative.trim().to_string()).filter(|n| !n.is_empty());
+        spec.seed = seed;
+        Ok(spec)
+    }
+}
+
+/// A random seed other than `old`, so a Re-roll always makes a different video.
+fn new_seed(old: u64) -> u64 {
+    loop {
+        let seed = rand::random::<u32>() as u64;
+        if seed != old {
+            return seed;
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch, the store's time format.
 pub fn to_millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -284,5 +341,92 @@ mod tests {
         let text = format!("{origin:?}");
         assert!(!text.contains("very-secret-token"), "{text}");
         assert!(text.contains("redacted"));
+    }
+
+    fn stored() -> JobSpec {
+        JobSpec {
+            kind: JobKind::TextToVideo,
+            variant: Variant::T2v512,
+            prompt: "a cat".into(),
+            expanded_prompt: Some("a cat surfing at dusk".into()),
+            negative: Some("blur".into()),
+            seed: 7,
+            steps: 20,
+            cfg: 9.0,
+            eta: 0.5,
+            fps: 8,
+            expand: true,
+            shape: None,
+            image: Some(vec![1, 2, 3]),
+        }
+    }
+
+    #[test]
+    fn reroll_keeps_everything_but_the_seed() {
+        let old = stored();
+        let new = old.reroll(false);
+        assert_ne!(new.seed, old.seed);
+        assert_eq!(
+            JobSpec {
+                seed: old.seed,
+                ..new.clone()
+            },
+            old
+        );
+        // The stored expansion goes along, so `expand` holds even without an LLM now.
+        assert!(new.expand);
+    }
+
+    #[test]
+    fn reroll_without_an_expansion_expands_only_where_it_can() {
+        let old = JobSpec {
+            expanded_prompt: None,
+            ..stored()
+        };
+        assert!(old.reroll(true).expand);
+        assert!(!old.reroll(false).expand);
+    }
+
+    #[test]
+    fn remix_drops_the_expansion_and_takes_the_edits() {
+        let old = stored();
+        let edit = RemixEdit {
+            prompt: "  a dog  ".into(),
+            negative: "  ".into(),
+            seed: "42".into(),
+        };
+        let new = old.remix(&edit, true).unwrap();
+        assert_eq!(new.prompt, "a dog");
+        assert_eq!(new.expanded_prompt, None);
+        assert_eq!(new.negative, None);
+        assert_eq!(new.seed, 42);
+        assert!(new.expand);
+        assert_eq!(new.image, old.image);
+        assert_eq!((new.steps, new.variant), (old.steps, old.variant));
+        assert!(!old.remix(&edit, false).unwrap().expand);
+    }
+
+    #[test]
+    fn remix_with_an_empty_seed_picks_a_new_one_and_refuses_a_bad_one() {
+        let old = stored();
+        let edit = RemixEdit {
+            prompt: "a dog".into(),
+            negative: "rain".into(),
+            seed: String::new(),
+        };
+        let new = old.remix(&edit, true).unwrap();
+        assert_ne!(new.seed, old.seed);
+        assert_eq!(new.negative.as_deref(), Some("rain"));
+        for bad in ["-1", "abc", "9007199254740992"] {
+            let edit = RemixEdit {
+                seed: bad.into(),
+                ..edit.clone()
+            };
+            let err = old.remix(&edit, true).unwrap_err();
+            assert!(
+                err.starts_with("The seed must be a whole number"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -395,7 +395,7 @@ mod tests {
     }
 
     mod prop {
-        use std::collections::HashSet;
+        use std::collections::{HashMap, HashSet};
 
         use proptest::prelude::*;
 
@@ -429,9 +429,10 @@ mod tests {
                 let mut s = Scheduler::new(8);
                 let mut next_id = 1;
                 let mut accepted: Vec<JobId> = Vec::new();
-                let mut finished: HashSet<JobId> = HashSet::new();
+                // Counted, not collected in a set, so that a second finish of a job shows.
+                let mut finished: HashMap<JobId, usize> = HashMap::new();
                 let mut cancelled: HashSet<JobId> = HashSet::new();
-                let mut started_twice_check: Vec<JobId> = Vec::new();
+                let mut started: HashSet<JobId> = HashSet::new();
                 for op in ops {
                     match op {
                         Op::Submit(m) => {
@@ -450,19 +451,22 @@ mod tests {
                                         prop_assert!(s.finish(id));
                                         cancelled.insert(id);
                                     }
-                                    None => prop_assert!(finished.contains(&id) || cancelled.contains(&id)),
+                                    None => prop_assert!(finished.contains_key(&id) || cancelled.contains(&id)),
                                 }
                             }
                         }
                         Op::Start => {
                             if let Some(id) = s.start_next() {
-                                started_twice_check.push(id);
+                                prop_assert!(!finished.contains_key(&id) && !cancelled.contains(&id), "job {} started after it ended", id);
+                                started.insert(id);
                             }
                         }
                         Op::Finish => {
                             if let Some(id) = s.running() {
                                 prop_assert!(s.finish(id));
-                                finished.insert(id);
+                                *finished.entry(id).or_default() += 1;
+                                // Finishing again is refused: the job no longer runs.
+                                prop_assert!(!s.finish(id));
                             }
                         }
                         Op::Requeue => { s.requeue_running(); }
@@ -480,15 +484,16 @@ mod tests {
                         let places = [
                             waiting_set.contains(id),
                             s.running() == Some(*id),
-                            finished.contains(id),
+                            finished.contains_key(id),
                             cancelled.contains(id),
                         ];
                         prop_assert_eq!(places.iter().filter(|&&p| p).count(), 1, "job {} in {:?}", id, places);
                     }
                 }
                 // A job is never finished twice, and only started jobs finish.
-                for id in &finished {
-                    prop_assert!(started_twice_check.contains(id));
+                for (id, times) in &finished {
+                    prop_assert_eq!(*times, 1, "job {} finished {} times", id, times);
+                    prop_assert!(started.contains(id));
                 }
             }
         }

@@ -116,7 +116,6 @@ pub struct Recovered {
 
 pub struct Store {
     conn: Connection,
-    path: PathBuf,
 }
 
 impl Store {
@@ -151,14 +150,7 @@ impl Store {
             tx.commit()?;
             tracing::info!(version = version + 1, "database migrated");
         }
-        Ok(Store {
-            conn,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Store { conn })
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -222,21 +214,6 @@ impl Store {
 
     pub fn jobs_in_state(&self, state: JobState) -> Result<Vec<JobRecord>, StoreError> {
         self.query_jobs("WHERE state = ?1 ORDER BY id", [state.name()])
-    }
-
-    /// The most recent jobs of a guild (all guilds with `None`), newest first.
-    pub fn recent_jobs(
-        &self,
-        guild: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<JobRecord>, StoreError> {
-        match guild {
-            Some(g) => self.query_jobs(
-                "WHERE guild_id = ?1 ORDER BY id DESC LIMIT ?2",
-                params![g as i64, limit as i64],
-            ),
-            None => self.query_jobs("ORDER BY id DESC LIMIT ?1", params![limit as i64]),
-        }
     }
 
     pub fn mark_running(&mut self, id: JobId, now: SystemTime) -> Result<(), StoreError> {

@@ -1,38 +1,23 @@
-//! Starting and stopping the bot: the serenity client, the poise framework, the job service
-//! with this adapter as its notifier, and the one place that knows the shutdown order.
+//! The Discord adapter's connection: the serenity client and the poise framework. It is
+//! started in two steps by [`crate::app`]: [`connect`] builds the client and the notifier (the
+//! core needs the notifier to start), [`Connected::serve`] receives the started
+//! [`JobService`] and opens the gateway. The adapter never sees the engine.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use serenity::all::{ClientBuilder, FullEvent, GatewayIntents, Interaction, ShardManager};
+use serenity::all::{Client, ClientBuilder, FullEvent, GatewayIntents, Interaction, ShardManager};
 
 use super::client::{build_http, register, registration_json};
 use super::commands::{self, Invocation};
+use super::context::{reply_ephemeral, Data, Error};
 use super::download::DownloadPolicy;
 use super::notifier::{DiscordNotifier, NotifierOptions};
 use super::{components, presenter};
 use crate::core::jobs::VideoShape;
-use crate::core::service::{JobService, PromptExpander, ServiceConfig, ShutdownMode};
 use crate::core::settings::SettingKey;
-use crate::engine::EngineHandle;
-use crate::models::config::Variant;
-
-pub type Error = anyhow::Error;
-pub type Context<'a> = poise::Context<'a, Data, Error>;
-
-/// What every command and button handler can reach.
-pub struct Data {
-    pub service: JobService,
-    pub notifier: Arc<DiscordNotifier>,
-    /// For input images (not serenity's client: own timeout, no Discord auth header).
-    pub downloader: reqwest::Client,
-    pub download: DownloadPolicy,
-    pub variants: Vec<Variant>,
-    pub expand_available: bool,
-    /// Output size for every job, when not the model's own (see [`BotOptions::video_shape`]).
-    pub video_shape: Option<VideoShape>,
-}
+use crate::core::JobService;
 
 /// Everything the adapter needs from the operator's configuration.
 #[derive(Clone)]
@@ -76,45 +61,23 @@ pub fn proxy_base(configured: &str) -> Option<String> {
     )
 }
 
-/// A started bot.
-pub struct RunningBot {
-    pub service: JobService,
-    shard_manager: Arc<ShardManager>,
-    client: tokio::task::JoinHandle<()>,
-}
-
-impl RunningBot {
-    /// Stops taking work, treats the running job as `mode` says, waits for deliveries in
-    /// flight, then closes the gateway connection.
-    pub async fn shutdown(self, mode: ShutdownMode) {
-        self.service.shutdown(mode).await;
-        self.shard_manager.shutdown_all().await;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.client).await;
-        tracing::info!("discord bot stopped");
-    }
-
-    /// Resolves when the gateway client ends on its own (e.g. the token was rejected).
-    pub async fn wait_client(&mut self) {
-        let _ = (&mut self.client).await;
-    }
-}
-
-/// Connects to Discord (or the configured stand-in), starts the job service with this adapter
-/// as its notifier, and registers the commands once the gateway is ready.
-pub async fn start(
+/// A client ready to open the gateway, and the notifier the core will talk to.
+pub struct Connected {
+    client: Client,
+    notifier: Arc<DiscordNotifier>,
     options: BotOptions,
-    service_config: ServiceConfig,
-    engine: EngineHandle,
-    expander: Option<Arc<dyn PromptExpander>>,
-) -> Result<RunningBot> {
-    let http = build_http(&options.token, options.api_base.as_deref())?;
-    let variants = engine.variants().to_vec();
-    let expand_available = expander.is_some();
-    let shared: Arc<Mutex<Option<Data>>> = Arc::new(Mutex::new(None));
+    /// Filled by [`Connected::serve`]; the framework takes it when the gateway is ready.
+    data: Arc<Mutex<Option<Data>>>,
+}
 
-    let setup_data = shared.clone();
+/// Builds the client (against Discord or the configured stand-in) and reads the application id,
+/// which webhook routes need before the gateway's READY brings it: jobs recovered from the
+/// store are delivered as soon as the core starts. The gateway is not opened yet.
+pub async fn connect(options: BotOptions) -> Result<Connected> {
+    let http = build_http(&options.token, options.api_base.as_deref())?;
+    let data: Arc<Mutex<Option<Data>>> = Arc::new(Mutex::new(None));
+    let setup_data = data.clone();
     let dev_guild = options.dev_guild;
-    let variant_names: Vec<String> = variants.iter().map(|v| v.name().to_string()).collect();
     let framework = poise::Framework::<Data, Error>::builder()
         .options(poise::FrameworkOptions {
             commands: commands::all(),
@@ -125,18 +88,28 @@ pub async fn start(
         })
         .setup(move |ctx, ready, framework| {
             Box::pin(async move {
-                let commands = poise::builtins::create_application_commands(
-                    &framework.options().commands,
-                );
-                let json = registration_json(commands, &variant_names, expand_available)?;
-                let json = add_setting_keys(json);
-                let n = register(&ctx.http, &json, dev_guild).await?;
-                tracing::info!(commands = n, bot = %ready.user.name, guild = ?dev_guild, "commands registered");
                 let data = setup_data
                     .lock()
                     .unwrap()
                     .take()
                     .context("bot data missing at setup")?;
+                let variant_names: Vec<String> = data
+                    .service
+                    .variants()
+                    .iter()
+                    .map(|v| v.name().to_string())
+                    .collect();
+                let commands = poise::builtins::create_application_commands(
+                    &framework.options().commands,
+                );
+                let json = registration_json(
+                    commands,
+                    &variant_names,
+                    data.service.expand_available(),
+                )?;
+                let json = add_setting_keys(json);
+                let n = register(&ctx.http, &json, dev_guild).await?;
+                tracing::info!(commands = n, bot = %ready.user.name, guild = ?dev_guild, "commands registered");
                 Ok(data)
             })
         })
@@ -146,51 +119,71 @@ pub async fn start(
         .framework(framework)
         .await
         .context("building the Discord client")?;
-    // Webhook routes need the application id before the gateway's READY brings it: jobs
-    // recovered from the store are delivered as soon as the service starts.
     let app = client
         .http
         .get_current_application_info()
         .await
         .context("reading the application (is DISCORD_TOKEN right?)")?;
     client.http.set_application_id(app.id);
-
     let notifier = Arc::new(DiscordNotifier::new(
         client.http.clone(),
         options.notifier.clone(),
     ));
-    let service = JobService::start(service_config, engine, notifier.clone(), expander)
-        .await
-        .context("starting the job service")?;
-    notifier.set_service(service.clone());
-    let downloader = reqwest::Client::builder()
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(options.download.timeout)
-        .build()
-        .context("building the download client")?;
-    *shared.lock().unwrap() = Some(Data {
-        service: service.clone(),
+    Ok(Connected {
+        client,
         notifier,
-        downloader,
-        download: options.download.clone(),
-        variants,
-        expand_available,
-        video_shape: options.video_shape,
-    });
-
-    let shard_manager = client.shard_manager.clone();
-    let mut client = client;
-    let task = tokio::spawn(async move {
-        if let Err(e) = client.start().await {
-            tracing::error!(error = %e, "Discord client stopped");
-        }
-    });
-    Ok(RunningBot {
-        service,
-        shard_manager,
-        client: task,
+        options,
+        data,
     })
+}
+
+impl Connected {
+    /// The core's notifier for this connection.
+    pub fn notifier(&self) -> Arc<DiscordNotifier> {
+        self.notifier.clone()
+    }
+
+    /// Hands the started core to the command handlers and opens the gateway; commands are
+    /// registered once it is ready.
+    pub fn serve(self, service: JobService) -> Result<RunningBot> {
+        let data = Data::new(
+            service,
+            self.options.download.clone(),
+            self.options.video_shape,
+        )?;
+        *self.data.lock().unwrap() = Some(data);
+        let shard_manager = self.client.shard_manager.clone();
+        let mut client = self.client;
+        let task = tokio::spawn(async move {
+            if let Err(e) = client.start().await {
+                tracing::error!(error = %e, "Discord client stopped");
+            }
+        });
+        Ok(RunningBot {
+            shard_manager,
+            client: task,
+        })
+    }
+}
+
+/// An open gateway connection.
+pub struct RunningBot {
+    shard_manager: Arc<ShardManager>,
+    client: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBot {
+    /// Closes the gateway connection (the core stops first: see [`crate::app::App::shutdown`]).
+    pub async fn close(self) {
+        self.shard_manager.shutdown_all().await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.client).await;
+        tracing::info!("discord bot stopped");
+    }
+
+    /// Resolves when the gateway client ends on its own (e.g. the token was rejected).
+    pub async fn wait_client(&mut self) {
+        let _ = (&mut self.client).await;
+    }
 }
 
 /// `key` options offer the setting names as choices.
@@ -237,18 +230,6 @@ async fn on_event(
         }
         _ => {}
     }
-    Ok(())
-}
-
-/// Replies so only the invoker sees it (after `defer_ephemeral`, or as the first answer).
-pub async fn reply_ephemeral(ctx: Context<'_>, text: &str) -> Result<(), Error> {
-    ctx.send(
-        poise::CreateReply::default()
-            .content(text)
-            .ephemeral(true)
-            .allowed_mentions(serenity::all::CreateAllowedMentions::new()),
-    )
-    .await?;
     Ok(())
 }
 

@@ -9,11 +9,11 @@ use serenity::all::{
 };
 use serenity::builder::Builder;
 
-use super::bot::Data;
 use super::commands::{self, refuse_deferred, Invocation};
+use super::context::Data;
 use super::presenter::{self, custom_id, parse_custom_id, Action};
-use crate::core::jobs::{JobId, JobRecord};
-use crate::core::service::Canceller;
+use crate::core::jobs::{JobId, JobRecord, RemixEdit};
+use crate::core::Canceller;
 
 /// Text input ids of the Remix modal.
 const PROMPT_INPUT: &str = "prompt";
@@ -96,7 +96,7 @@ async fn stored_job(http: &Http, data: &Data, inv: &Invocation, job: JobId) -> O
     }
 }
 
-/// Same settings (and the same expanded prompt), new seed.
+/// Same settings (and the same expanded prompt), new seed: see [`JobSpec::reroll`](crate::core::JobSpec::reroll).
 async fn reroll(http: &Http, data: &Data, inv: &Invocation, job: JobId) {
     if !defer(http, inv, false).await {
         return;
@@ -104,23 +104,8 @@ async fn reroll(http: &Http, data: &Data, inv: &Invocation, job: JobId) {
     let Some(record) = stored_job(http, data, inv, job).await else {
         return;
     };
-    let mut spec = record.spec;
-    spec.seed = new_seed(spec.seed);
-    // The stored expansion goes along and the service does not expand a spec that has one,
-    // so a Re-roll costs no LLM call. `expand` stays as the member chose it, so a later Remix
-    // of this job expands its new prompt again. A job whose expansion fell back has none and
-    // is expanded again, like any job that asks for it.
-    spec.expand &= spec.expanded_prompt.is_some() || data.expand_available;
+    let spec = record.spec.reroll(data.service.expand_available());
     commands::submit(http, data, inv, spec).await;
-}
-
-fn new_seed(old: u64) -> u64 {
-    loop {
-        let seed = rand::random::<u32>() as u64;
-        if seed != old {
-            return seed;
-        }
-    }
 }
 
 /// Opens the Remix modal, prefilled with the job's original prompt (what the member wrote,
@@ -200,33 +185,14 @@ pub async fn on_modal(http: &Http, data: &Data, m: &ModalInteraction) {
             })
             .unwrap_or_default()
     };
-    let mut spec = record.spec;
-    spec.prompt = field(PROMPT_INPUT).trim().to_string();
-    // Remix starts from the original prompt (the modal is prefilled with it): the old
-    // expansion does not describe the edited text, so it is dropped, and the new prompt is
-    // expanded if the original job asked for expansion and this bot still can.
-    spec.expanded_prompt = None;
-    spec.expand &= data.expand_available;
-    let negative = field(NEGATIVE_INPUT);
-    spec.negative = Some(negative.trim().to_string()).filter(|n| !n.is_empty());
-    let seed_text = field(SEED_INPUT);
-    spec.seed = match seed_text.trim() {
-        "" => new_seed(spec.seed),
-        s => match s.parse::<u64>() {
-            Ok(v) if v <= commands::MAX_SEED => v,
-            _ => {
-                refuse_deferred(
-                    http,
-                    &inv,
-                    &format!(
-                        "The seed must be a whole number between 0 and {}.",
-                        commands::MAX_SEED
-                    ),
-                )
-                .await;
-                return;
-            }
-        },
+    let edit = RemixEdit {
+        prompt: field(PROMPT_INPUT),
+        negative: field(NEGATIVE_INPUT),
+        seed: field(SEED_INPUT),
+    };
+    let spec = match record.spec.remix(&edit, data.service.expand_available()) {
+        Ok(spec) => spec,
+        Err(text) => return refuse_deferred(http, &inv, &text).await,
     };
     commands::submit(http, data, &inv, spec).await;
 }

@@ -1,12 +1,16 @@
 //! Downloading a member's input image for `/i2v`. The attachment is untrusted: we check what
-//! Discord declares (type, size) before fetching, fetch only from allowed hosts with a timeout,
-//! stop reading once the size cap is passed whatever the headers say, and finally decode the
-//! image to be sure it is one. Serenity's `Attachment::download` does none of this.
+//! Discord declares (type, size) before fetching, fetch only over https on port 443 from allowed
+//! hosts (every redirect hop checked the same way) with a timeout, stop reading once the size cap
+//! is passed whatever the headers say, and finally decode the image, on a blocking thread and
+//! under allocation limits, to be sure it is one. Serenity's `Attachment::download` does none of
+//! this.
 
 use std::io::Cursor;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use image::{ImageDecoder, ImageFormat};
 use thiserror::Error;
 
 /// What an attachment claims to be (from the interaction payload).
@@ -20,12 +24,15 @@ pub struct AttachmentMeta {
 
 #[derive(Debug, Clone)]
 pub struct DownloadPolicy {
-    /// Hosts we fetch from (Discord's CDN; tests add 127.0.0.1).
+    /// Hosts we fetch from, normalised by [`normalise_host`] (Discord's CDN; tests add 127.0.0.1).
     pub allowed_hosts: Vec<String>,
     pub max_bytes: u64,
     pub timeout: Duration,
     /// Largest accepted width or height, so a small file cannot decode to gigabytes.
     pub max_side: u32,
+    /// Tests only (a loopback fake CDN): also accept plain http and any port, but only for
+    /// allowed hosts that are loopback IP addresses. `false` by default and in production.
+    pub insecure_loopback_for_tests: bool,
 }
 
 impl Default for DownloadPolicy {
@@ -35,6 +42,7 @@ impl Default for DownloadPolicy {
             max_bytes: 10 * 1024 * 1024,
             timeout: Duration::from_secs(20),
             max_side: 4096,
+            insecure_loopback_for_tests: false,
         }
     }
 }
@@ -44,12 +52,74 @@ pub fn default_hosts() -> Vec<String> {
     vec!["cdn.discordapp.com".into(), "media.discordapp.net".into()]
 }
 
-const ACCEPTED_TYPES: [&str; 3] = ["image/png", "image/jpeg", "image/webp"];
+/// Redirect hops followed at most; each one is checked like the first URL.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// The one list of image formats accepted from members: the declared content type and the
+/// format sniffed from the bytes must both be in it.
+pub const ACCEPTED_FORMATS: [(ImageFormat, &str, &str); 3] = [
+    (ImageFormat::Png, "image/png", "PNG"),
+    (ImageFormat::Jpeg, "image/jpeg", "JPEG"),
+    (ImageFormat::WebP, "image/webp", "WebP"),
+];
+
+/// What decoding may allocate: a 4096×4096 RGBA image and some slack.
+const MAX_DECODE_ALLOC: u64 = 128 * 1024 * 1024;
+
+fn accepted_names() -> String {
+    let names: Vec<&str> = ACCEPTED_FORMATS.iter().map(|(_, _, n)| *n).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
+/// A host name as the allow-list and URLs are compared: trimmed, lower-case, without the
+/// trailing dot of a fully qualified name. Anything that is not a bare host (a scheme, port,
+/// path, user info, wildcard, empty label) is refused with the reason.
+pub fn normalise_host(raw: &str) -> Result<String, String> {
+    let host = raw.trim();
+    if host.is_empty() {
+        return Err("an entry is empty".into());
+    }
+    if host.contains("://") {
+        return Err(format!("`{host}` has a scheme; write the host name alone (e.g. cdn.discordapp.com): downloads always use https"));
+    }
+    if host.contains(['/', '?', '#', '@', ' ', '*']) {
+        return Err(format!(
+            "`{host}` is not a host name (write e.g. cdn.discordapp.com, without path, user or wildcard)"
+        ));
+    }
+    let bare_v6 = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(IpAddr::V6(ip)) = bare_v6.parse::<IpAddr>() {
+        return Ok(format!("[{ip}]"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "`{host}` has a port; write the host name alone: downloads always use port 443"
+        ));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip.to_string());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!("`{host}` is not a valid host name"));
+    }
+    Ok(host)
+}
 
 /// Why an image was refused. `Display` is written for the member.
-#[derive(Debug, Error, PartialEq)]
+#[derive(Debug, Clone, Error, PartialEq)]
 pub enum DownloadError {
-    #[error("`{filename}` is not a PNG, JPEG or WebP image ({found}).")]
+    #[error("`{filename}` is not a {} image ({found}).", accepted_names())]
     NotAnImage { filename: String, found: String },
     #[error("`{filename}` is {} MiB; images up to {} MiB are accepted.", mib(*size), mib(*max))]
     TooLarge {
@@ -59,6 +129,9 @@ pub enum DownloadError {
     },
     #[error("That image is not hosted on Discord, so it was not downloaded.")]
     HostNotAllowed { host: String },
+    /// Not https on port 443, or a redirect that was refused; `reason` is for the log.
+    #[error("That image link is not one floor33 downloads from, so it was not downloaded.")]
+    UrlNotAllowed { reason: String },
     #[error("The image could not be downloaded (HTTP {status}). Upload it again and retry.")]
     Status { status: u16 },
     #[error("Downloading the image took too long. Try again or use a smaller image.")]
@@ -115,7 +188,7 @@ pub fn check_declared(meta: &AttachmentMeta, policy: &DownloadPolicy) -> Result<
             .to_ascii_lowercase()
     });
     match declared.as_deref() {
-        Some(t) if ACCEPTED_TYPES.contains(&t) => {}
+        Some(t) if ACCEPTED_FORMATS.iter().any(|(_, mime, _)| *mime == t) => {}
         other => {
             return Err(DownloadError::NotAnImage {
                 filename: meta.filename.clone(),
@@ -137,20 +210,78 @@ fn check_host(url: &str, policy: &DownloadPolicy) -> Result<(), DownloadError> {
     let parsed = reqwest::Url::parse(url).map_err(|_| DownloadError::HostNotAllowed {
         host: "(invalid url)".into(),
     })?;
-    let host = parsed.host_str().unwrap_or("").to_ascii_lowercase();
-    let scheme_ok = matches!(parsed.scheme(), "https" | "http");
-    if !scheme_ok
-        || !policy
-            .allowed_hosts
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(&host))
+    check_url(&parsed, policy)
+}
+
+/// The rule for the first URL and every redirect hop: https, port 443, no user info, an
+/// allowed host. With `insecure_loopback_for_tests`, a loopback IP host may also use http and
+/// any port.
+pub fn check_url(url: &reqwest::Url, policy: &DownloadPolicy) -> Result<(), DownloadError> {
+    let raw_host = url.host_str().unwrap_or("");
+    let host = normalise_host(raw_host).map_err(|_| DownloadError::HostNotAllowed {
+        host: raw_host.to_string(),
+    })?;
+    if !policy
+        .allowed_hosts
+        .iter()
+        .any(|h| normalise_host(h).is_ok_and(|h| h == host))
     {
         return Err(DownloadError::HostNotAllowed { host });
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(DownloadError::UrlNotAllowed {
+            reason: "the URL holds user info".into(),
+        });
+    }
+    let loopback = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    if policy.insecure_loopback_for_tests && loopback && matches!(url.scheme(), "http" | "https") {
+        return Ok(());
+    }
+    if url.scheme() != "https" {
+        return Err(DownloadError::UrlNotAllowed {
+            reason: format!("scheme {} (only https)", url.scheme()),
+        });
+    }
+    if url.port_or_known_default() != Some(443) {
+        return Err(DownloadError::UrlNotAllowed {
+            reason: format!(
+                "port {} (only 443)",
+                url.port().map_or("none".into(), |p| p.to_string())
+            ),
+        });
     }
     Ok(())
 }
 
-/// Checks, fetches and verifies the image.
+/// The HTTP client for attachments: its own timeouts, no Discord auth header, and a redirect
+/// policy that checks every hop with [`check_url`] (at most [`MAX_REDIRECTS`]).
+pub fn client(policy: &DownloadPolicy) -> reqwest::Result<reqwest::Client> {
+    let hops = policy.clone();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(policy.timeout)
+        .https_only(!policy.insecure_loopback_for_tests)
+        .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(DownloadError::UrlNotAllowed {
+                    reason: format!("more than {MAX_REDIRECTS} redirects"),
+                });
+            }
+            match check_url(attempt.url(), &hops) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(e),
+            }
+        }))
+        .build()
+}
+
+/// Checks, fetches and verifies the image. Use a client made by [`client`]: with another one,
+/// a redirect off the allow-list is still refused here, but only after it was followed.
 pub async fn fetch_image(
     client: &reqwest::Client,
     meta: &AttachmentMeta,
@@ -161,7 +292,15 @@ pub async fn fetch_image(
     let bytes = tokio::time::timeout(policy.timeout, fetch_capped(client, meta, policy))
         .await
         .map_err(|_| DownloadError::Timeout)??;
-    verify_image(&meta.filename, bytes, policy.max_side)
+    // Decoding is CPU work: keep it off the async workers.
+    let filename = meta.filename.clone();
+    let max_side = policy.max_side;
+    tokio::task::spawn_blocking(move || verify_image(&filename, bytes, max_side))
+        .await
+        .map_err(|e| DownloadError::Corrupt {
+            filename: meta.filename.clone(),
+            reason: format!("the decoder stopped: {e}"),
+        })?
 }
 
 async fn fetch_capped(
@@ -174,11 +313,10 @@ async fn fetch_capped(
         size,
         max: policy.max_bytes,
     };
-    let response = client
-        .get(&meta.url)
-        .send()
-        .await
-        .map_err(network)?
+    let response = client.get(&meta.url).send().await.map_err(network)?;
+    // Where we ended up after redirects must pass the same rule.
+    check_url(response.url(), policy)?;
+    let response = response
         .error_for_status()
         .map_err(|e| DownloadError::Status {
             status: e.status().map(|s| s.as_u16()).unwrap_or(0),
@@ -201,6 +339,14 @@ async fn fetch_capped(
 }
 
 fn network(e: reqwest::Error) -> DownloadError {
+    // A hop refused by the redirect policy comes back as the policy's own error.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        if let Some(refused) = err.downcast_ref::<DownloadError>() {
+            return refused.clone();
+        }
+        source = err.source();
+    }
     if e.is_timeout() {
         DownloadError::Timeout
     } else {
@@ -208,7 +354,8 @@ fn network(e: reqwest::Error) -> DownloadError {
     }
 }
 
-/// Decodes the bytes (header first, to refuse huge dimensions before allocating).
+/// Decodes the bytes: the sniffed format must be an accepted one, the header's size within
+/// `max_side`, and the decoder may allocate no more than [`MAX_DECODE_ALLOC`].
 pub fn verify_image(
     filename: &str,
     bytes: Vec<u8>,
@@ -218,15 +365,19 @@ pub fn verify_image(
         filename: filename.to_string(),
         reason,
     };
-    let reader = image::ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| corrupt(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(corrupt("unknown format".into()));
+    let format = image::guess_format(&bytes).map_err(|_| corrupt("unknown format".into()))?;
+    if !ACCEPTED_FORMATS.iter().any(|(f, _, _)| *f == format) {
+        return Err(DownloadError::NotAnImage {
+            filename: filename.to_string(),
+            found: format!("{format:?} data"),
+        });
     }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| corrupt(e.to_string()))?;
+    let mut reader = image::ImageReader::with_format(Cursor::new(&bytes), format);
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODE_ALLOC);
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(|e| corrupt(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
     if width > max_side || height > max_side {
         return Err(DownloadError::TooManyPixels {
             filename: filename.to_string(),
@@ -235,7 +386,7 @@ pub fn verify_image(
             max: max_side,
         });
     }
-    image::load_from_memory(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    image::DynamicImage::from_decoder(decoder).map_err(|e| corrupt(e.to_string()))?;
     Ok(DownloadedImage {
         bytes,
         width,
@@ -290,6 +441,37 @@ mod tests {
         assert!(check_host("http://169.254.169.254/latest", &p).is_err());
         assert!(check_host("file:///etc/passwd", &p).is_err());
         assert!(check_host("https://cdn.discordapp.com.evil.example/a.png", &p).is_err());
+    }
+
+    #[test]
+    fn hosts_are_normalised_or_refused() {
+        assert_eq!(
+            normalise_host(" CDN.DiscordApp.com. ").as_deref(),
+            Ok("cdn.discordapp.com")
+        );
+        assert_eq!(normalise_host("[::1]").as_deref(), Ok("[::1]"));
+        assert_eq!(normalise_host("127.0.0.1").as_deref(), Ok("127.0.0.1"));
+        for bad in [
+            "",
+            " ",
+            "https://x.com",
+            "x.com:443",
+            "x.com/a",
+            "*.x.com",
+            "a..b",
+            "-a.b",
+            "u@x.com",
+        ] {
+            assert!(normalise_host(bad).is_err(), "{bad:?}");
+        }
+        let p = DownloadPolicy {
+            allowed_hosts: vec!["Cdn.Discordapp.Com.".into()],
+            ..DownloadPolicy::default()
+        };
+        assert!(check_host("https://cdn.discordapp.com./a.png", &p).is_ok());
+        assert!(check_host("https://cdn.discordapp.com:443/a.png", &p).is_ok());
+        assert!(check_host("http://cdn.discordapp.com/a.png", &p).is_err());
+        assert!(check_host("https://cdn.discordapp.com:444/a.png", &p).is_err());
     }
 
     #[test]

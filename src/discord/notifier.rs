@@ -4,11 +4,12 @@
 //! Where the message lives is decided per call from stored facts, so it works the same after a
 //! restart: while the interaction token is young (its snowflake says how young) we edit the
 //! interaction's original response; from ~14 minutes on, or as soon as Discord says the token
-//! is dead, we continue in the channel with the bot token, mentioning the member, and remember
-//! that message's id in the store.
+//! is dead, we continue in the channel with the bot token, mentioning the member, and hand that
+//! message's id back to the core (the [`Shown`] result), which keeps it in the store. Every
+//! send goes through one path, [`send_with_fallback`].
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,11 +21,11 @@ use serenity::all::{
 use serenity::builder::Builder;
 
 use super::deliver::{self, FittedVideo};
-use super::presenter::{self, ButtonStyle, Stage, View, PREVIEW_NAME};
+use super::presenter::{self, ButtonStyle, Look, View, PREVIEW_NAME};
 use super::throttle::Throttled;
 use super::token::{self, Failure};
 use crate::core::jobs::{JobId, JobRecord};
-use crate::core::service::{DeliveredVideo, DeliveryError, JobService, JobUpdate, Notifier};
+use crate::core::{DeliveredVideo, DeliveryError, JobUpdate, Notifier, Shown};
 
 /// Upload limit when the interaction's own is unknown (jobs stored before it was recorded):
 /// Discord's default.
@@ -50,12 +51,11 @@ impl Default for NotifierOptions {
     }
 }
 
-/// One pending progress edit.
+/// One pending progress edit (a `Running` update carries its preview image, if one came).
 #[derive(Clone)]
 struct Pending {
     job: JobRecord,
-    stage: Stage,
-    preview: Option<Vec<u8>>,
+    update: JobUpdate,
 }
 
 /// Where a job's message is, as far as this process knows.
@@ -81,15 +81,13 @@ struct Shared {
     has_preview: bool,
     /// Shown under the status from now on (e.g. expansion skipped).
     note: Option<String>,
-    /// The last stage shown, so a note can be added without new progress.
-    last: Option<(JobRecord, Stage)>,
+    /// A channel message posted by a progress edit that the core has not heard of yet.
+    unreported_message: Option<u64>,
 }
 
 pub struct DiscordNotifier {
     http: Arc<Http>,
     options: NotifierOptions,
-    /// Set once the service exists (it needs this notifier to start).
-    service: OnceLock<JobService>,
     jobs: Mutex<HashMap<JobId, JobChannel>>,
     finished: Mutex<(HashSet<JobId>, VecDeque<JobId>)>,
 }
@@ -99,22 +97,9 @@ impl DiscordNotifier {
         DiscordNotifier {
             http,
             options,
-            service: OnceLock::new(),
             jobs: Mutex::default(),
             finished: Mutex::default(),
         }
-    }
-
-    pub fn set_service(&self, service: JobService) {
-        let _ = self.service.set(service);
-    }
-
-    /// Shows the first view of a just-submitted job, unless the service already moved it on.
-    pub fn submitted(&self, job: &JobRecord, position: usize) {
-        if self.is_finished(job.id) || self.jobs.lock().unwrap().contains_key(&job.id) {
-            return;
-        }
-        self.push(job, Stage::Queued { position }, None);
     }
 
     fn is_finished(&self, id: JobId) -> bool {
@@ -133,26 +118,23 @@ impl DiscordNotifier {
         }
     }
 
-    fn push(&self, job: &JobRecord, stage: Stage, preview: Option<Vec<u8>>) {
+    fn push(&self, job: &JobRecord, update: JobUpdate) {
         let mut jobs = self.jobs.lock().unwrap();
         let entry = jobs.entry(job.id).or_insert_with(|| self.open(job.id));
-        entry.shared.lock().unwrap().last = Some((job.clone(), stage.clone()));
         entry.throttle.update(Pending {
             job: job.clone(),
-            stage,
-            preview,
+            update,
         });
     }
 
     fn open(&self, id: JobId) -> JobChannel {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let http = self.http.clone();
-        let service = self.service.get().cloned();
         let state = shared.clone();
         let throttle = Throttled::spawn(self.options.edit_gap, move |p: Pending| {
-            let (http, service, state) = (http.clone(), service.clone(), state.clone());
+            let (http, state) = (http.clone(), state.clone());
             async move {
-                if let Err(e) = send_progress(&http, service.as_ref(), &state, p).await {
+                if let Err(e) = send_progress(&http, &state, p).await {
                     tracing::debug!(job = %id, error = %e, "progress edit failed");
                 }
             }
@@ -173,49 +155,49 @@ impl DiscordNotifier {
     }
 
     /// The last word on a job without a video (failed, cancelled).
-    async fn final_notice(&self, job: &JobRecord, stage: Stage) {
+    async fn final_notice(&self, job: &JobRecord, update: JobUpdate) -> Shown {
         if self.is_finished(job.id) {
-            return;
+            return Shown::default();
         }
         let shared = self.close(job.id).await;
         self.mark_finished(job.id);
-        let note = shared.note.clone();
-        let mut target = initial_target(job, &shared);
-        for _ in 0..2 {
-            let view = presenter::render(
-                job,
-                &stage,
-                matches!(target, Target::Channel(_)),
-                note.as_deref(),
-            );
-            let result = match target {
-                Target::Interaction => {
-                    let b = edit_interaction(&view, None).clear_attachments();
-                    b.execute(&*self.http, &job.origin.interaction_token)
-                        .await
-                        .map(|_| ())
-                }
-                Target::Channel(_) => {
-                    post_or_edit_channel(&self.http, self.service.get(), job, target, &view, None)
-                        .await
-                        .map(|_| ())
-                }
-            };
-            match result {
-                Ok(()) => return,
-                Err(e)
-                    if target == Target::Interaction
-                        && token::classify(&e) == Failure::TokenDead =>
-                {
-                    tracing::info!(job = %job.id, "interaction token is dead; continuing in the channel");
-                    target = Target::Channel(job.origin.message_id);
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job.id, error = %e, "could not send the final notice");
-                    return;
+        let note = shared.note.as_deref();
+        let sent = send_with_fallback(
+            &self.http,
+            job,
+            initial_target(job, &shared),
+            SendKind::Final,
+            |mention| {
+                let look = Look {
+                    mention,
+                    note,
+                    preview: false,
+                };
+                presenter::render(job, &update, look)
+            },
+            None,
+        )
+        .await;
+        match sent {
+            Ok(posted) => Shown {
+                message_id: posted.or(shared.unreported_message),
+            },
+            Err((_, e)) => {
+                tracing::warn!(job = %job.id, error = %e, "could not send the final notice");
+                Shown {
+                    message_id: shared.unreported_message,
                 }
             }
         }
+    }
+
+    /// What the job's progress edits learned since the core last heard from us.
+    fn unreported(&self, id: JobId) -> Shown {
+        let jobs = self.jobs.lock().unwrap();
+        let message_id = jobs
+            .get(&id)
+            .and_then(|ch| ch.shared.lock().unwrap().unreported_message.take());
+        Shown { message_id }
     }
 }
 
@@ -233,76 +215,132 @@ fn initial_target(job: &JobRecord, shared: &Shared) -> Target {
     Target::Interaction
 }
 
-async fn send_progress(
-    http: &Http,
-    service: Option<&JobService>,
-    state: &Mutex<Shared>,
-    p: Pending,
-) -> serenity::Result<()> {
-    let (mut target, note, had_preview) = {
+async fn send_progress(http: &Http, state: &Mutex<Shared>, p: Pending) -> serenity::Result<()> {
+    let (start, note, had_preview) = {
         let s = state.lock().unwrap();
         (initial_target(&p.job, &s), s.note.clone(), s.has_preview)
     };
-    let show_preview =
-        p.preview.is_some() || (had_preview && matches!(p.stage, Stage::Running { .. }));
-    let stage = match p.stage.clone() {
-        Stage::Running {
-            step,
-            total,
-            elapsed,
-            remaining,
+    let (show_preview, file) = match &p.update {
+        JobUpdate::Running {
+            preview_png: Some(png),
             ..
-        } => Stage::Running {
-            step,
-            total,
-            elapsed,
-            remaining,
-            preview: show_preview,
-        },
-        other => other,
+        } => (
+            true,
+            Some(CreateAttachment::bytes(png.clone(), PREVIEW_NAME)),
+        ),
+        // The attached preview stays until the next one or the end of sampling.
+        JobUpdate::Running { .. } => (had_preview, None),
+        _ => (false, None),
     };
-    for _ in 0..2 {
-        let mention = matches!(target, Target::Channel(_));
-        let view = presenter::render(&p.job, &stage, mention, note.as_deref());
-        let file = p
-            .preview
-            .clone()
-            .map(|png| CreateAttachment::bytes(png, PREVIEW_NAME));
+    let sent = send_with_fallback(
+        http,
+        &p.job,
+        start,
+        SendKind::Progress,
+        |mention| {
+            let look = Look {
+                mention,
+                note: note.as_deref(),
+                preview: show_preview,
+            };
+            presenter::render(&p.job, &p.update, look)
+        },
+        file,
+    )
+    .await;
+    let mut s = state.lock().unwrap();
+    match sent {
+        Ok(posted) => {
+            if let Some(id) = posted {
+                if s.channel_message != Some(Some(id)) {
+                    s.unreported_message = Some(id);
+                }
+                s.channel_message = Some(Some(id));
+            }
+            s.has_preview = show_preview;
+            Ok(())
+        }
+        Err((target, e)) => {
+            if target != start && s.channel_message.is_none() {
+                // The token died on the way: later edits go to the channel.
+                s.channel_message = Some(p.job.origin.message_id);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// How a view is sent: where it goes in each place, and what happens to attachments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SendKind {
+    /// A progress edit, with the preview image when one came.
+    Progress,
+    /// The last notice of a job without a video: the preview is removed.
+    Final,
+    /// The video: in the channel a new message (so the member is notified), and the progress
+    /// message, if any, is left pointing at it.
+    Video,
+}
+
+/// Sends one view where the job's message is: edits the interaction's response while its token
+/// lives, and when Discord says the token is dead, continues in the channel (mentioning the
+/// member) and sends there. `Ok` carries the channel message id, when the view went to the
+/// channel; `Err` also says where the last attempt went.
+async fn send_with_fallback(
+    http: &Http,
+    job: &JobRecord,
+    start: Target,
+    how: SendKind,
+    view_for: impl Fn(bool) -> View,
+    file: Option<CreateAttachment>,
+) -> Result<Option<u64>, (Target, serenity::Error)> {
+    let mut target = start;
+    loop {
+        let view = view_for(matches!(target, Target::Channel(_)));
         let result = match target {
-            Target::Interaction => edit_interaction(&view, file)
-                .execute(http, &p.job.origin.interaction_token)
-                .await
-                .map(|_| None),
-            Target::Channel(_) => post_or_edit_channel(http, service, &p.job, target, &view, file)
+            Target::Interaction => {
+                let mut edit = edit_interaction(&view, file.clone());
+                if how == SendKind::Final {
+                    edit = edit.clear_attachments();
+                }
+                edit.execute(http, &job.origin.interaction_token)
+                    .await
+                    .map(|_| None)
+            }
+            Target::Channel(previous) if how == SendKind::Video => {
+                let posted =
+                    post_or_edit_channel(http, job, Target::Channel(None), &view, file.clone())
+                        .await;
+                if let (Ok(_), Some(old)) = (&posted, previous) {
+                    let done = EditMessage::new()
+                        .content(format!("{} The video is below.", view.content))
+                        .components(vec![]);
+                    let _ = ChannelId::new(job.origin.channel_id)
+                        .edit_message(http, MessageId::new(old), done)
+                        .await;
+                }
+                posted.map(Some)
+            }
+            Target::Channel(_) => post_or_edit_channel(http, job, target, &view, file.clone())
                 .await
                 .map(Some),
         };
         match result {
-            Ok(channel_message) => {
-                let mut s = state.lock().unwrap();
-                if let Some(id) = channel_message {
-                    s.channel_message = Some(Some(id));
-                }
-                s.has_preview = show_preview;
-                return Ok(());
-            }
+            Ok(posted) => return Ok(posted),
             Err(e)
                 if target == Target::Interaction && token::classify(&e) == Failure::TokenDead =>
             {
-                tracing::info!(job = %p.job.id, "interaction token is dead; continuing in the channel");
-                state.lock().unwrap().channel_message = Some(p.job.origin.message_id);
-                target = Target::Channel(p.job.origin.message_id);
+                tracing::info!(job = %job.id, "interaction token is dead; continuing in the channel");
+                target = Target::Channel(job.origin.message_id);
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err((target, e)),
         }
     }
-    Ok(())
 }
 
-/// Edits the job's channel message, or posts it (mentioning the member) and stores its id.
+/// Edits the job's channel message, or posts it (mentioning the member); returns its id.
 async fn post_or_edit_channel(
     http: &Http,
-    service: Option<&JobService>,
     job: &JobRecord,
     target: Target,
     view: &View,
@@ -333,13 +371,7 @@ async fn post_or_edit_channel(
         b = b.add_file(f);
     }
     let message = channel.send_message(http, b).await?;
-    let id = message.id.get();
-    if let Some(service) = service {
-        if let Err(e) = service.set_message_id(job.id, id).await {
-            tracing::warn!(job = %job.id, error = %e, "could not store the channel message id");
-        }
-    }
-    Ok(id)
+    Ok(message.id.get())
 }
 
 fn edit_interaction(view: &View, file: Option<CreateAttachment>) -> EditInteractionResponse {
@@ -401,7 +433,7 @@ impl DiscordNotifier {
         job: &JobRecord,
         video: &DeliveredVideo,
         shared: &Shared,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Shown, DeliveryError> {
         // Stored with the job, so it holds after a restart too.
         let limit = job
             .origin
@@ -416,64 +448,47 @@ impl DiscordNotifier {
             }
         })
         .await?;
-        let stage = Stage::Done {
+        let done = JobUpdate::Done {
             generation: video.elapsed.unwrap_or_default(),
         };
-        let mut target = initial_target(job, shared);
+        let mut start = initial_target(job, shared);
         let mut refusals = 0;
         loop {
-            let mention = matches!(target, Target::Channel(_));
-            let view = presenter::render(job, &stage, mention, shared.note.as_deref());
             let file = CreateAttachment::bytes(fitted.bytes.clone(), video_name(job));
-            let result = match target {
-                Target::Interaction => edit_interaction(&view, Some(file))
-                    .execute(&*self.http, &job.origin.interaction_token)
-                    .await
-                    .map(|_| ()),
-                Target::Channel(previous) => {
-                    // A new message, so the member is notified; the progress message (if any)
-                    // is left pointing at it.
-                    let posted = post_or_edit_channel(
-                        &self.http,
-                        self.service.get(),
-                        job,
-                        Target::Channel(None),
-                        &view,
-                        Some(file),
-                    )
-                    .await;
-                    if posted.is_ok() {
-                        if let Some(old) = previous {
-                            let done = EditMessage::new()
-                                .content(format!("{} The video is below.", view.content))
-                                .components(vec![]);
-                            let _ = ChannelId::new(job.origin.channel_id)
-                                .edit_message(&*self.http, MessageId::new(old), done)
-                                .await;
-                        }
-                    }
-                    posted.map(|_| ())
-                }
-            };
-            let failure = match &result {
-                Ok(()) => {
+            let sent = send_with_fallback(
+                &self.http,
+                job,
+                start,
+                SendKind::Video,
+                |mention| {
+                    let look = Look {
+                        mention,
+                        note: shared.note.as_deref(),
+                        preview: false,
+                    };
+                    presenter::render(job, &done, look)
+                },
+                Some(file),
+            )
+            .await;
+            let (target, error) = match sent {
+                Ok(posted) => {
                     tracing::info!(
                         job = %job.id,
                         bytes = fitted.bytes.len(),
                         reencodes = fitted.reencodes,
-                        in_channel = mention,
+                        in_channel = posted.is_some(),
                         "video delivered"
                     );
-                    return Ok(());
+                    return Ok(Shown {
+                        message_id: posted.or(shared.unreported_message),
+                    });
                 }
-                Err(e) => token::classify(e),
+                Err(failed) => failed,
             };
-            let error = result.unwrap_err();
-            match failure {
-                Failure::TokenDead if target == Target::Interaction => {
-                    tracing::info!(job = %job.id, "interaction token is dead; delivering in the channel");
-                    target = Target::Channel(job.origin.message_id);
-                }
+            // A retry starts where the last attempt went (the token may have died).
+            start = target;
+            match token::classify(&error) {
                 Failure::TooLarge if refusals < self.options.max_refusals => {
                     refusals += 1;
                     tracing::info!(
@@ -497,17 +512,6 @@ impl DiscordNotifier {
     }
 }
 
-/// Step 0 of a job about to sample.
-fn starting(job: &JobRecord) -> Stage {
-    Stage::Running {
-        step: 0,
-        total: job.spec.steps,
-        elapsed: Duration::ZERO,
-        remaining: Duration::ZERO,
-        preview: false,
-    }
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T, DeliveryError> {
@@ -519,60 +523,32 @@ async fn blocking<T: Send + 'static>(
 
 #[async_trait]
 impl Notifier for DiscordNotifier {
-    async fn job_update(&self, job: &JobRecord, update: JobUpdate) {
+    async fn job_update(&self, job: &JobRecord, update: JobUpdate) -> Shown {
         if self.is_finished(job.id) {
-            return;
+            return Shown::default();
         }
-        let stage = match update {
-            JobUpdate::Queued { position } => Stage::Queued { position },
-            JobUpdate::Expanding => Stage::Expanding,
-            JobUpdate::Expanded { .. } => starting(job),
-            JobUpdate::ExpansionSkipped { reason } => {
+        match update {
+            JobUpdate::Failed { .. } | JobUpdate::Cancelled { .. } | JobUpdate::Done { .. } => {
+                return self.final_notice(job, update).await
+            }
+            JobUpdate::ExpansionSkipped { ref reason } => {
                 tracing::info!(job = %job.id, %reason, "prompt expansion skipped");
-                {
-                    let mut jobs = self.jobs.lock().unwrap();
-                    let ch = jobs.entry(job.id).or_insert_with(|| self.open(job.id));
-                    // Already one full sentence (core's `fallback_line`): shown as is.
-                    ch.shared.lock().unwrap().note = Some(reason);
-                }
-                starting(job)
+                let mut jobs = self.jobs.lock().unwrap();
+                let ch = jobs.entry(job.id).or_insert_with(|| self.open(job.id));
+                // Already one full sentence (core's `fallback_line`): shown as is.
+                ch.shared.lock().unwrap().note = Some(reason.clone());
             }
-            JobUpdate::Running {
-                step,
-                total,
-                elapsed,
-                remaining,
-                preview_png,
-            } => {
-                let preview = preview_png.is_some();
-                self.push(
-                    job,
-                    Stage::Running {
-                        step,
-                        total,
-                        elapsed,
-                        remaining,
-                        preview,
-                    },
-                    preview_png,
-                );
-                return;
-            }
-            JobUpdate::Encoding => Stage::Encoding,
-            JobUpdate::Failed { error } => {
-                return self
-                    .final_notice(job, Stage::Failed { reason: error })
-                    .await
-            }
-            JobUpdate::Cancelled { .. } => {
-                let reason = job.error.clone();
-                return self.final_notice(job, Stage::Cancelled { reason }).await;
-            }
-        };
-        self.push(job, stage, None);
+            _ => {}
+        }
+        self.push(job, update);
+        self.unreported(job.id)
     }
 
-    async fn deliver(&self, job: &JobRecord, video: DeliveredVideo) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        job: &JobRecord,
+        video: DeliveredVideo,
+    ) -> Result<Shown, DeliveryError> {
         let shared = self.close(job.id).await;
         let result = self.send_video(job, &video, &shared).await;
         if result.is_ok() {

@@ -6,6 +6,7 @@ use crate::engine::image_input::ImageFit;
 use std::time::Duration;
 
 use crate::core::jobs::{JobId, JobKind, JobRecord};
+use crate::core::JobUpdate;
 
 /// Discord's limits (message content, embed description, field value, all embed text).
 pub const MAX_CONTENT: usize = 2000;
@@ -16,41 +17,16 @@ pub const MAX_EMBED_TOTAL: usize = 6000;
 /// File name of the progress preview; the embed shows it via `attachment://`.
 pub const PREVIEW_NAME: &str = "preview.png";
 
-/// Where a job is, as far as the member is concerned.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stage {
-    Queued {
-        position: usize,
-    },
-    Expanding,
-    Running {
-        step: usize,
-        total: usize,
-        elapsed: Duration,
-        remaining: Duration,
-        /// A preview image goes with this update.
-        preview: bool,
-    },
-    /// Sampling is over; the MP4 is being written.
-    Encoding,
-    Done {
-        generation: Duration,
-    },
-    Failed {
-        reason: String,
-    },
-    Cancelled {
-        reason: Option<String>,
-    },
-}
-
-impl Stage {
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self,
-            Stage::Done { .. } | Stage::Failed { .. } | Stage::Cancelled { .. }
-        )
-    }
+/// How a view is shown, beyond the job and its update.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Look<'a> {
+    /// Prefix the text with the member's mention (the job continues in the channel, where
+    /// the member would otherwise not be notified).
+    pub mention: bool,
+    /// A second line (e.g. why the prompt was not expanded).
+    pub note: Option<&'a str>,
+    /// A preview image is attached to the message (progress only).
+    pub preview: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,26 +114,18 @@ const GREEN: u32 = 0x57f287;
 const RED: u32 = 0xed4245;
 const GREY: u32 = 0x99aab5;
 
-/// The view of `job` at `stage`. `mention` prefixes the text (used when the job continues in
-/// the channel, where the member would otherwise not be notified).
-/// `note` is a second line (e.g. why the prompt was not expanded).
-pub fn render(job: &JobRecord, stage: &Stage, mention: bool, note: Option<&str>) -> View {
-    let mut content = status_line(stage);
-    if mention {
+/// The view of `job` after `update` (the core's [`JobUpdate`]; `Expanded` and
+/// `ExpansionSkipped` show as sampling about to start).
+pub fn render(job: &JobRecord, update: &JobUpdate, look: Look<'_>) -> View {
+    let mut content = status_line(job, update);
+    if look.mention {
         content = format!("<@{}> {content}", job.origin.user_id);
     }
-    if let Some(note) = note {
+    if let Some(note) = look.note {
         content = format!("{content}\n-# {note}");
     }
-    let buttons = match stage {
-        Stage::Queued { .. } | Stage::Expanding | Stage::Running { .. } | Stage::Encoding => {
-            vec![Button {
-                custom_id: custom_id(Action::Cancel, job.id),
-                label: "Cancel",
-                style: ButtonStyle::Danger,
-            }]
-        }
-        Stage::Done { .. } | Stage::Failed { .. } | Stage::Cancelled { .. } => vec![
+    let buttons = if is_final(update) {
+        vec![
             Button {
                 custom_id: custom_id(Action::Reroll, job.id),
                 label: "Re-roll",
@@ -168,43 +136,63 @@ pub fn render(job: &JobRecord, stage: &Stage, mention: bool, note: Option<&str>)
                 label: "Remix",
                 style: ButtonStyle::Secondary,
             },
-        ],
+        ]
+    } else {
+        vec![Button {
+            custom_id: custom_id(Action::Cancel, job.id),
+            label: "Cancel",
+            style: ButtonStyle::Danger,
+        }]
     };
     View {
         content: truncate(&content, MAX_CONTENT),
-        embed: embed(job, stage),
+        embed: embed(job, update, look.preview),
         buttons,
     }
 }
 
-fn status_line(stage: &Stage) -> String {
-    match stage {
-        Stage::Queued { position: 0 } => "⏳ Queued — starting next.".into(),
-        Stage::Queued { position } => format!("⏳ Queued — position {position}."),
-        Stage::Expanding => "✍️ Expanding the prompt…".into(),
-        Stage::Running {
+/// Nothing follows but Re-roll and Remix.
+fn is_final(update: &JobUpdate) -> bool {
+    matches!(
+        update,
+        JobUpdate::Done { .. } | JobUpdate::Failed { .. } | JobUpdate::Cancelled { .. }
+    )
+}
+
+fn status_line(job: &JobRecord, update: &JobUpdate) -> String {
+    match update {
+        JobUpdate::Queued { position: 0 } => "⏳ Queued — starting next.".into(),
+        JobUpdate::Queued { position } => format!("⏳ Queued — position {position}."),
+        JobUpdate::Expanding => "✍️ Expanding the prompt…".into(),
+        JobUpdate::Expanded { .. } | JobUpdate::ExpansionSkipped { .. } => {
+            progress_line(0, job.spec.steps, Duration::ZERO, Duration::ZERO)
+        }
+        JobUpdate::Running {
             step,
             total,
             elapsed,
             remaining,
             ..
-        } => {
-            let pct = if *total == 0 { 0 } else { step * 100 / total };
-            format!(
-                "🎬 Generating — step {step} of {total} ({pct}%) {} · {} elapsed · about {} left",
-                bar(*step, *total),
-                clock(*elapsed),
-                clock(*remaining)
-            )
-        }
-        Stage::Encoding => "🎞️ Encoding the video…".into(),
-        Stage::Done { generation } => format!("✅ Done in {}.", clock(*generation)),
-        Stage::Failed { reason } => format!("❌ This video could not be made: {reason}"),
-        Stage::Cancelled { reason: None } => "🚫 Cancelled.".into(),
-        Stage::Cancelled {
-            reason: Some(reason),
-        } => format!("🚫 Cancelled ({reason})."),
+        } => progress_line(*step, *total, *elapsed, *remaining),
+        JobUpdate::Encoding => "🎞️ Encoding the video…".into(),
+        JobUpdate::Done { generation } => format!("✅ Done in {}.", clock(*generation)),
+        JobUpdate::Failed { error } => format!("❌ This video could not be made: {error}"),
+        // Who cancelled it, in words, is stored with the job.
+        JobUpdate::Cancelled { .. } => match &job.error {
+            None => "🚫 Cancelled.".into(),
+            Some(reason) => format!("🚫 Cancelled ({reason})."),
+        },
     }
+}
+
+fn progress_line(step: usize, total: usize, elapsed: Duration, remaining: Duration) -> String {
+    let pct = (step * 100).checked_div(total).unwrap_or(0);
+    format!(
+        "🎬 Generating — step {step} of {total} ({pct}%) {} · {} elapsed · about {} left",
+        bar(step, total),
+        clock(elapsed),
+        clock(remaining)
+    )
 }
 
 /// `▰▰▰▱▱▱▱▱▱▱`: ten segments.
@@ -223,7 +211,7 @@ pub fn clock(d: Duration) -> String {
     }
 }
 
-fn embed(job: &JobRecord, stage: &Stage) -> Embed {
+fn embed(job: &JobRecord, update: &JobUpdate, preview: bool) -> Embed {
     let spec = &job.spec;
     let title = match spec.kind {
         JobKind::TextToVideo => "Text to video",
@@ -246,7 +234,7 @@ fn embed(job: &JobRecord, stage: &Stage) -> Embed {
         // Jobs use the engine's default fit (the service sets no other).
         fields.push(field("Image fit", ImageFit::default().name(), true));
     }
-    if let Stage::Done { generation } = stage {
+    if let JobUpdate::Done { generation } = update {
         fields.push(field(
             "Generation time",
             &format!("{:.1} s", generation.as_secs_f64()),
@@ -260,14 +248,14 @@ fn embed(job: &JobRecord, stage: &Stage) -> Embed {
             false,
         ));
     }
-    let color = match stage {
-        Stage::Done { .. } => GREEN,
-        Stage::Failed { .. } => RED,
-        Stage::Cancelled { .. } => GREY,
+    let color = match update {
+        JobUpdate::Done { .. } => GREEN,
+        JobUpdate::Failed { .. } => RED,
+        JobUpdate::Cancelled { .. } => GREY,
         _ => BLUE,
     };
-    let image = match stage {
-        Stage::Running { preview: true, .. } => Some(format!("attachment://{PREVIEW_NAME}")),
+    let image = match update {
+        JobUpdate::Running { .. } if preview => Some(format!("attachment://{PREVIEW_NAME}")),
         _ => None,
     };
     let mut e = Embed {
@@ -403,21 +391,23 @@ mod tests {
     #[test]
     fn views_follow_the_job() {
         let j = job("a cat surfing");
-        let q = render(&j, &Stage::Queued { position: 3 }, false, None);
+        let q = render(&j, &JobUpdate::Queued { position: 3 }, Look::default());
         assert_eq!(q.content, "⏳ Queued — position 3.");
         assert_eq!(q.buttons.len(), 1);
         assert_eq!(q.buttons[0].custom_id, "v1:cancel:12");
         let r = render(
             &j,
-            &Stage::Running {
+            &JobUpdate::Running {
                 step: 10,
                 total: 25,
                 elapsed: Duration::from_secs(14),
                 remaining: Duration::from_secs(21),
-                preview: true,
+                preview_png: None,
             },
-            false,
-            None,
+            Look {
+                preview: true,
+                ..Look::default()
+            },
         );
         assert_eq!(
             r.content,
@@ -426,11 +416,14 @@ mod tests {
         assert_eq!(r.embed.image.as_deref(), Some("attachment://preview.png"));
         let d = render(
             &j,
-            &Stage::Done {
+            &JobUpdate::Done {
                 generation: Duration::from_millis(42_100),
             },
-            true,
-            Some("note"),
+            Look {
+                mention: true,
+                note: Some("note"),
+                preview: false,
+            },
         );
         assert_eq!(d.content, "<@3> ✅ Done in 0:42.\n-# note");
         let labels: Vec<_> = d.buttons.iter().map(|b| b.label).collect();
@@ -456,18 +449,17 @@ mod tests {
     fn an_expanded_job_shows_both_prompts_and_a_fallback_is_one_line() {
         let mut j = job("a cat surfing");
         j.spec.expand = true;
-        let e = render(&j, &Stage::Expanding, false, None);
+        let e = render(&j, &JobUpdate::Expanding, Look::default());
         assert_eq!(e.content, "✍️ Expanding the prompt…");
         assert_eq!(e.buttons[0].label, "Cancel");
 
         j.spec.expanded_prompt = Some("A ginger cat riding a turquoise wave at sunset".into());
         let d = render(
             &j,
-            &Stage::Done {
+            &JobUpdate::Done {
                 generation: Duration::from_secs(3),
             },
-            false,
-            None,
+            Look::default(),
         );
         assert_eq!(d.embed.description, "a cat surfing", "the original");
         assert_eq!(d.embed.fields[0].name, "Expanded prompt");
@@ -477,14 +469,16 @@ mod tests {
         );
 
         j.spec.expanded_prompt = None;
-        let note = crate::core::expand::fallback_line("timed out");
+        let note = crate::core::fallback_line("timed out");
         let d = render(
             &j,
-            &Stage::Done {
+            &JobUpdate::Done {
                 generation: Duration::from_secs(3),
             },
-            false,
-            Some(&note),
+            Look {
+                note: Some(&note),
+                ..Look::default()
+            },
         );
         assert_eq!(
             d.content,
@@ -494,17 +488,61 @@ mod tests {
     }
 
     #[test]
+    fn core_updates_map_onto_the_member_view() {
+        let mut j = job("a cat surfing");
+        j.spec.steps = 25;
+        // An expansion that finished (or fell back) shows sampling about to start.
+        for update in [
+            JobUpdate::Expanded { prompt: "x".into() },
+            JobUpdate::ExpansionSkipped { reason: "y".into() },
+        ] {
+            let v = render(&j, &update, Look::default());
+            assert!(
+                v.content.starts_with("🎬 Generating — step 0 of 25 (0%)"),
+                "{}",
+                v.content
+            );
+        }
+        // Without an attached preview the embed points at none.
+        let r = render(
+            &j,
+            &JobUpdate::Running {
+                step: 1,
+                total: 25,
+                elapsed: Duration::ZERO,
+                remaining: Duration::ZERO,
+                preview_png: None,
+            },
+            Look::default(),
+        );
+        assert_eq!(r.embed.image, None);
+        // Who cancelled comes from the stored job.
+        let c = render(&j, &JobUpdate::Cancelled { by_user: None }, Look::default());
+        assert_eq!(c.content, "🚫 Cancelled.");
+        j.error = Some("cancelled by its author".into());
+        let c = render(
+            &j,
+            &JobUpdate::Cancelled { by_user: Some(3) },
+            Look::default(),
+        );
+        assert_eq!(c.content, "🚫 Cancelled (cancelled by its author).");
+        assert_eq!(c.buttons.len(), 2);
+    }
+
+    #[test]
     fn long_text_fits_discord_limits() {
         let mut j = job(&"word ".repeat(2000));
         j.spec.expanded_prompt = Some("x".repeat(3000));
         j.spec.negative = Some("n".repeat(3000));
         let v = render(
             &j,
-            &Stage::Failed {
-                reason: "e".repeat(5000),
+            &JobUpdate::Failed {
+                error: "e".repeat(5000),
             },
-            true,
-            None,
+            Look {
+                mention: true,
+                ..Look::default()
+            },
         );
         assert!(v.content.chars().count() <= MAX_CONTENT);
         assert!(v.embed.description.chars().count() <= MAX_DESCRIPTION);

@@ -136,6 +136,18 @@ impl Pipeline {
         limits: &Limits,
         on_step: &mut dyn FnMut(StepProgress) -> Flow,
     ) -> Result<Generated, EngineError> {
+        self.generate_with_noise(req, limits, &mut SeededNoise::new(req.seed), on_step)
+    }
+
+    /// [`Pipeline::generate`] with x_T and the per-step draws taken from `noise` instead of the
+    /// request's seed, so a test can replay a reference run's recorded noise.
+    pub fn generate_with_noise(
+        &self,
+        req: &GenerationRequest,
+        limits: &Limits,
+        noise: &mut dyn NoiseSource,
+        on_step: &mut dyn FnMut(StepProgress) -> Flow,
+    ) -> Result<Generated, EngineError> {
         limits
             .check(req, &self.config)
             .map_err(EngineError::BadRequest)?;
@@ -166,7 +178,6 @@ impl Pipeline {
             req.height / factor,
             req.width / factor,
         );
-        let mut noise = SeededNoise::new(req.seed);
         let x_t = noise.next(&shape.into(), &self.device)?;
         let ddim = DdimSchedule::new(&self.schedule, req.steps, req.eta);
         let cond = Conditioning {
@@ -181,7 +192,7 @@ impl Pipeline {
             &ddim,
             x_t,
             &cond,
-            &mut noise,
+            noise,
             &mut |report| {
                 let step = report.index + 1;
                 let elapsed = loop_started.elapsed();

@@ -99,6 +99,17 @@ impl Limits {
                 self.max_prompt_chars
             ));
         }
+        // The negative prompt reaches the same tokenizer: the same bound.
+        if req
+            .negative
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > self.max_prompt_chars)
+        {
+            return Err(format!(
+                "the negative prompt is longer than {} characters",
+                self.max_prompt_chars
+            ));
+        }
         if req.steps == 0 || req.steps > self.max_steps {
             return Err(format!("steps must be between 1 and {}", self.max_steps));
         }
@@ -184,6 +195,10 @@ mod tests {
             },
             GenerationRequest {
                 prompt: "   ".into(),
+                ..base.clone()
+            },
+            GenerationRequest {
+                negative: Some("blurry ".repeat(20_000)),
                 ..base.clone()
             },
         ];

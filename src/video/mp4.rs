@@ -123,17 +123,22 @@ fn fill_rgb(dst: &mut frame::Video, src: &RgbImage) {
     }
 }
 
+/// Frame rates the encoder accepts (checked again by callers before any work, e.g. the CLI).
+pub const FPS_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+/// x264 CRF values accepted (see [`EncodeOptions::crf`]).
+pub const CRF_RANGE: std::ops::RangeInclusive<u8> = 1..=51;
+
 /// Encodes `frames` as H.264 MP4 at `path` (overwritten). On failure any partial file is removed.
 pub fn encode_mp4(frames: &VideoFrames, opts: &EncodeOptions, path: &Path) -> Result<EncodeReport> {
     init()?;
     ensure!(!frames.frames.is_empty(), "no frames to encode");
     ensure!(
-        frames.fps > 0 && frames.fps <= 1000,
+        FPS_RANGE.contains(&frames.fps),
         "fps {} out of range",
         frames.fps
     );
     ensure!(
-        (1..=51).contains(&opts.crf),
+        CRF_RANGE.contains(&opts.crf),
         "crf {} outside 1..=51",
         opts.crf
     );

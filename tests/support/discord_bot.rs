@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use candle_core::{DType, Device};
+use floor33::app::App;
 use floor33::core::jobs::VideoShape;
 use floor33::core::service::{ServiceConfig, ShutdownMode};
 use floor33::discord::download::DownloadPolicy;
 use floor33::discord::notifier::NotifierOptions;
-use floor33::discord::{BotOptions, RunningBot};
+use floor33::discord::BotOptions;
 use floor33::engine::{loader, EngineHandle, Limits};
 use floor33::models::config::Variant;
 
@@ -75,6 +76,8 @@ pub fn service_config(dir: &Path) -> ServiceConfig {
 pub fn bot_options(fake: &FakeDiscord) -> BotOptions {
     let mut download = DownloadPolicy::default();
     download.allowed_hosts.push(fake.cdn_host());
+    // The fake CDN is plain http on a loopback port.
+    download.insecure_loopback_for_tests = true;
     download.max_bytes = 64 * 1024;
     BotOptions {
         token: TOKEN.into(),
@@ -94,11 +97,7 @@ pub fn bot_options(fake: &FakeDiscord) -> BotOptions {
 }
 
 /// Starts the bot and waits until it is connected with its commands registered.
-pub async fn start_bot(
-    fake: &FakeDiscord,
-    config: ServiceConfig,
-    options: BotOptions,
-) -> RunningBot {
+pub async fn start_bot(fake: &FakeDiscord, config: ServiceConfig, options: BotOptions) -> App {
     start_bot_on(fake, config, options, tiny_engine()).await
 }
 
@@ -108,15 +107,15 @@ pub async fn start_bot_on(
     config: ServiceConfig,
     options: BotOptions,
     engine: EngineHandle,
-) -> RunningBot {
-    let bot = floor33::discord::start(options, config, engine, None)
+) -> App {
+    let bot = floor33::app::start(options, config, engine, None)
         .await
         .expect("bot starts");
     fake.wait_ready(Duration::from_secs(20)).await;
     bot
 }
 
-pub async fn stop(bot: RunningBot) {
+pub async fn stop(bot: App) {
     tokio::time::timeout(Duration::from_secs(60), bot.shutdown(ShutdownMode::Requeue))
         .await
         .expect("bot stops within a minute");

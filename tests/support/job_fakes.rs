@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use candle_core::{DType, Device};
 use floor33::core::{
     DeliveredVideo, DeliveryError, ExpandOutcome, JobId, JobKind, JobRecord, JobSpec, JobUpdate,
-    Notifier, Origin, PromptExpander, VideoShape,
+    Notifier, Origin, PromptExpander, Shown, VideoShape,
 };
 use floor33::engine::{EngineHandle, Limits, Pipeline};
 use floor33::models::config::{ModelConfig, Variant};
@@ -25,11 +25,16 @@ pub struct RecordingNotifier {
 
 #[async_trait]
 impl Notifier for RecordingNotifier {
-    async fn job_update(&self, job: &JobRecord, update: JobUpdate) {
+    async fn job_update(&self, job: &JobRecord, update: JobUpdate) -> Shown {
         self.updates.lock().unwrap().push((job.id, update));
+        Shown::default()
     }
 
-    async fn deliver(&self, job: &JobRecord, video: DeliveredVideo) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        job: &JobRecord,
+        video: DeliveredVideo,
+    ) -> Result<Shown, DeliveryError> {
         let failing = self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -38,7 +43,7 @@ impl Notifier for RecordingNotifier {
             return Err(DeliveryError::Transient("fake outage".into()));
         }
         self.deliveries.lock().unwrap().push((job.id, video));
-        Ok(())
+        Ok(Shown::default())
     }
 }
 

@@ -6,3 +6,4 @@ pub mod fake_discord;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
+pub mod torch_zip;

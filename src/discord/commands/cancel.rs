@@ -2,8 +2,8 @@
 //! their own jobs).
 
 use crate::core::jobs::JobId;
-use crate::core::service::{CancelOutcome, Canceller};
-use crate::discord::bot::{reply_ephemeral, Context, Error};
+use crate::core::{CancelOutcome, Canceller};
+use crate::discord::context::{reply_ephemeral, Context, Error};
 
 /// Cancel a waiting or running job.
 #[poise::command(
@@ -29,10 +29,7 @@ pub async fn cancel(
 }
 
 /// The member-facing answer to a cancel request.
-pub fn cancel_text(
-    result: Result<CancelOutcome, crate::core::service::CancelError>,
-    job: JobId,
-) -> String {
+pub fn cancel_text(result: Result<CancelOutcome, crate::core::CancelError>, job: JobId) -> String {
     match result {
         Ok(CancelOutcome::Removed) => format!("Job {job} was removed from the queue."),
         Ok(CancelOutcome::Stopping) => format!("Job {job} stops at its next step."),

@@ -5,7 +5,7 @@
 use std::time::UNIX_EPOCH;
 
 use super::Invocation;
-use crate::discord::bot::{reply_ephemeral, Context, Error};
+use crate::discord::context::{reply_ephemeral, Context, Error};
 use crate::discord::presenter::truncate;
 
 /// Show or change this server's video settings.
@@ -101,7 +101,7 @@ pub async fn reset(
 
 async fn answer(
     ctx: Context<'_>,
-    result: Result<crate::core::service::SettingChange, crate::core::settings::SettingError>,
+    result: Result<crate::core::SettingChange, crate::core::settings::SettingError>,
 ) -> Result<(), Error> {
     match result {
         Ok(change) => {

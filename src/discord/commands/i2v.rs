@@ -1,9 +1,10 @@
 //! `/i2v`: image to video. The bot downloads the image itself (see `download`) right away,
 //! since Discord's signed attachment URLs expire.
 
-use super::{apply_options, refuse_deferred, submit, CommonOptions, Invocation};
+use super::{refuse_deferred, spec_from_options, submit, Invocation};
 use crate::core::jobs::JobKind;
-use crate::discord::bot::{Context, Error};
+use crate::core::validate::RequestOptions;
+use crate::discord::context::{Context, Error};
 use crate::discord::download::{self, AttachmentMeta};
 
 /// Animate an image, guided by a text prompt.
@@ -64,37 +65,7 @@ pub async fn i2v(
         }
     };
 
-    let mut spec = match data
-        .service
-        .default_spec(inv.guild_id, JobKind::ImageToVideo, prompt)
-        .await
-    {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read guild settings");
-            refuse_deferred(
-                &http,
-                &inv,
-                "The bot cannot read its settings right now. Try again in a moment.",
-            )
-            .await;
-            return Ok(());
-        }
-    };
-    // The guild's default model makes videos from text; image-to-video has its own.
-    match data.variants.iter().find(|v| v.is_image_to_video()) {
-        Some(v) => spec.variant = *v,
-        None => {
-            refuse_deferred(
-                &http,
-                &inv,
-                "Image-to-video is not available on this bot: no image-to-video model is loaded.",
-            )
-            .await;
-            return Ok(());
-        }
-    }
-    let options = CommonOptions {
+    let options = RequestOptions {
         negative,
         seed,
         steps,
@@ -104,22 +75,11 @@ pub async fn i2v(
         variant,
         expand,
     };
-    if let Err(text) = apply_options(&mut spec, &options, &data.variants, data.expand_available) {
-        refuse_deferred(&http, &inv, &text).await;
+    let Some(mut spec) =
+        spec_from_options(&http, data, &inv, JobKind::ImageToVideo, prompt, &options).await
+    else {
         return Ok(());
-    }
-    if !spec.variant.is_image_to_video() {
-        refuse_deferred(
-            &http,
-            &inv,
-            &format!(
-                "The model `{}` makes videos from text; /i2v needs an image-to-video model.",
-                spec.variant
-            ),
-        )
-        .await;
-        return Ok(());
-    }
+    };
     tracing::info!(
         bytes = downloaded.bytes.len(),
         width = downloaded.width,

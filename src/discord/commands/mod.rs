@@ -14,9 +14,9 @@ use serenity::all::{
 };
 use serenity::builder::Builder;
 
-use super::bot::{Data, Error};
-use crate::core::jobs::{JobRecord, JobSpec, Origin};
-use crate::models::config::Variant;
+use super::context::{Data, Error};
+use crate::core::jobs::{JobKind, JobSpec, Origin};
+use crate::core::validate::{apply_options, RequestOptions};
 
 /// Every command the bot registers.
 pub fn all() -> Vec<poise::Command<Data, Error>> {
@@ -94,21 +94,50 @@ impl Invocation {
     }
 }
 
-/// Submits a job for an interaction already deferred (non-ephemeral) and shows its first view;
-/// a refusal replaces the deferred reply with an ephemeral one.
+/// Submits a job for an interaction already deferred (non-ephemeral); the core sends its first
+/// view through the notifier. A refusal replaces the deferred reply with an ephemeral one.
 pub async fn submit(http: &Http, data: &Data, inv: &Invocation, mut spec: JobSpec) {
-    let origin = inv.origin();
     if spec.shape.is_none() {
         spec.shape = data.video_shape;
     }
-    match data.service.submit(spec.clone(), origin.clone()).await {
-        Ok(submitted) => {
-            let record =
-                JobRecord::queued(submitted.id, spec, origin, 0, std::time::SystemTime::now());
-            data.notifier.submitted(&record, submitted.position);
-        }
-        Err(refusal) => refuse_deferred(http, inv, &refusal.to_string()).await,
+    if let Err(refusal) = data.service.submit(spec, inv.origin()).await {
+        refuse_deferred(http, inv, &refusal.to_string()).await;
     }
+}
+
+/// A job spec from a command's options over the guild's defaults, or `None` after telling
+/// the member why not. The merging and its rules are the core's.
+pub async fn spec_from_options(
+    http: &Http,
+    data: &Data,
+    inv: &Invocation,
+    kind: JobKind,
+    prompt: String,
+    options: &RequestOptions,
+) -> Option<JobSpec> {
+    let mut spec = match data.service.default_spec(inv.guild_id, kind, prompt).await {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read guild settings");
+            refuse_deferred(
+                http,
+                inv,
+                "The bot cannot read its settings right now. Try again in a moment.",
+            )
+            .await;
+            return None;
+        }
+    };
+    if let Err(text) = apply_options(
+        &mut spec,
+        options,
+        data.service.variants(),
+        data.service.expand_available(),
+    ) {
+        refuse_deferred(http, inv, &text).await;
+        return None;
+    }
+    Some(spec)
 }
 
 /// Tells the member why nothing happens, in a message only they see. The interaction was
@@ -137,82 +166,3 @@ pub fn log_refusal(inv: &Invocation, text: &str) {
         "request refused"
     );
 }
-
-/// Checks a requested model against the loaded ones.
-pub fn parse_variant(name: &str, loaded: &[Variant]) -> Result<Variant, String> {
-    match Variant::parse(name) {
-        Ok(v) if loaded.contains(&v) => Ok(v),
-        _ => Err(format!(
-            "The model `{name}` is not loaded on this bot (loaded: {}).",
-            loaded
-                .iter()
-                .map(|v| v.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-}
-
-/// The options `/t2v` and `/i2v` share.
-#[derive(Debug, Clone, Default)]
-pub struct CommonOptions {
-    pub negative: Option<String>,
-    pub seed: Option<u64>,
-    pub steps: Option<u32>,
-    pub cfg: Option<f64>,
-    pub eta: Option<f64>,
-    pub fps: Option<u32>,
-    pub variant: Option<String>,
-    pub expand: Option<bool>,
-}
-
-/// Applies the member's choices over the guild's defaults. Discord enforces the registered
-/// min/max; these checks catch what a modified client or a stale registration lets through.
-pub fn apply_options(
-    spec: &mut JobSpec,
-    o: &CommonOptions,
-    loaded: &[Variant],
-    expand_available: bool,
-) -> Result<(), String> {
-    if let Some(v) = &o.variant {
-        spec.variant = parse_variant(v, loaded)?;
-    }
-    if let Some(n) = &o.negative {
-        spec.negative = Some(n.clone()).filter(|n| !n.trim().is_empty());
-    }
-    if let Some(seed) = o.seed {
-        if seed > MAX_SEED {
-            return Err(format!("The seed must be between 0 and {MAX_SEED}."));
-        }
-        spec.seed = seed;
-    }
-    if let Some(steps) = o.steps {
-        spec.steps = steps as usize;
-    }
-    if let Some(cfg) = o.cfg {
-        if !cfg.is_finite() {
-            return Err("cfg must be a number.".into());
-        }
-        spec.cfg = cfg;
-    }
-    if let Some(eta) = o.eta {
-        if !(0.0..=1.0).contains(&eta) {
-            return Err("eta must be between 0 and 1.".into());
-        }
-        spec.eta = eta;
-    }
-    if let Some(fps) = o.fps {
-        spec.fps = fps;
-    }
-    match o.expand {
-        Some(true) if !expand_available => {
-            return Err("Prompt expansion is not available on this bot.".into())
-        }
-        Some(e) => spec.expand = e,
-        None => spec.expand &= expand_available,
-    }
-    Ok(())
-}
-
-/// Largest seed Discord can carry in an integer option (2^53 − 1).
-pub const MAX_SEED: u64 = (1 << 53) - 1;

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::discord::bot::{reply_ephemeral, Context, Error};
+use crate::discord::context::{reply_ephemeral, Context, Error};
 use crate::discord::presenter::truncate;
 
 /// What is running and waiting.

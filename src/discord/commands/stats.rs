@@ -1,6 +1,6 @@
 //! `/stats`: jobs done and failed, mean time, queue length, for admins.
 
-use crate::discord::bot::{reply_ephemeral, Context, Error};
+use crate::discord::context::{reply_ephemeral, Context, Error};
 use crate::discord::presenter::clock;
 
 /// Jobs done, failed, mean time and queue length.

@@ -1,8 +1,9 @@
 //! `/t2v`: text to video.
 
-use super::{apply_options, refuse_deferred, submit, CommonOptions, Invocation};
+use super::{spec_from_options, submit, Invocation};
 use crate::core::jobs::JobKind;
-use crate::discord::bot::{Context, Error};
+use crate::core::validate::RequestOptions;
+use crate::discord::context::{Context, Error};
 
 /// Make a short video from a text prompt.
 #[allow(clippy::too_many_arguments)]
@@ -46,24 +47,7 @@ pub async fn t2v(
     let inv = Invocation::from_command(actx.interaction);
     let data = ctx.data();
     let http = ctx.serenity_context().http.clone();
-    let mut spec = match data
-        .service
-        .default_spec(inv.guild_id, JobKind::TextToVideo, prompt)
-        .await
-    {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read guild settings");
-            refuse_deferred(
-                &http,
-                &inv,
-                "The bot cannot read its settings right now. Try again in a moment.",
-            )
-            .await;
-            return Ok(());
-        }
-    };
-    let options = CommonOptions {
+    let options = RequestOptions {
         negative,
         seed,
         steps,
@@ -73,22 +57,11 @@ pub async fn t2v(
         variant,
         expand,
     };
-    if let Err(text) = apply_options(&mut spec, &options, &data.variants, data.expand_available) {
-        refuse_deferred(&http, &inv, &text).await;
+    let Some(spec) =
+        spec_from_options(&http, data, &inv, JobKind::TextToVideo, prompt, &options).await
+    else {
         return Ok(());
-    }
-    if spec.variant.is_image_to_video() {
-        refuse_deferred(
-            &http,
-            &inv,
-            &format!(
-                "The model `{}` needs an input image: use /i2v.",
-                spec.variant
-            ),
-        )
-        .await;
-        return Ok(());
-    }
+    };
     submit(&http, data, &inv, spec).await;
     Ok(())
 }

@@ -1,0 +1,158 @@
+//! The one place that knows how floor33 starts and stops.
+//!
+//! Start-up, in this order: the operator's configuration → the store (the database is opened
+//! and recovered before anything talks to Discord) → the engine (models loaded) → the core
+//! ([`JobService`], with the LLM expander when configured) → the Discord adapter, which
+//! receives the core and never the engine.
+//!
+//! Shutdown, in this order: the core stops taking jobs and requeues (or finishes) the running
+//! one and waits for deliveries in flight; then the gateway is closed; then the engine is
+//! dropped with the last handle to it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::core::{JobService, PromptExpander, ServiceConfig, ShutdownMode, StoreHandle};
+use crate::discord::notifier::NotifierOptions;
+use crate::discord::{proxy_base, BotOptions, RunningBot};
+use crate::engine::device::{select_device, select_dtype};
+use crate::engine::{loader, EngineError, EngineHandle};
+use crate::llm::{ExpanderConfig, LlmExpander};
+use crate::models::config::Variant;
+use crate::models::tokenizer::ClipTokenizer;
+
+/// A running floor33: the core and the Discord adapter in front of it.
+pub struct App {
+    pub service: JobService,
+    bot: RunningBot,
+}
+
+/// Starts the core on `engine` and the Discord adapter in front of it. The store is opened
+/// (and what a previous run left is recovered) before Discord is contacted.
+pub async fn start(
+    bot: BotOptions,
+    service: ServiceConfig,
+    engine: EngineHandle,
+    expander: Option<Arc<dyn PromptExpander>>,
+) -> Result<App> {
+    let store = StoreHandle::open(service.db_path.clone())
+        .await
+        .with_context(|| format!("opening the database {}", service.db_path.display()))?;
+    let connected = crate::discord::connect(bot).await?;
+    let service =
+        JobService::start_with_store(service, store, engine, connected.notifier(), expander)
+            .await
+            .context("starting the job service")?;
+    let bot = connected.serve(service.clone())?;
+    Ok(App { service, bot })
+}
+
+impl App {
+    /// Stops taking jobs, treats the running one as `mode` says, waits for deliveries in
+    /// flight, then closes the gateway connection. The engine goes with the last handle.
+    pub async fn shutdown(self, mode: ShutdownMode) {
+        self.service.shutdown(mode).await;
+        self.bot.close().await;
+        tracing::info!("floor33 stopped");
+    }
+
+    /// Resolves when the gateway client ends on its own (e.g. the token was rejected).
+    pub async fn wait_client(&mut self) {
+        self.bot.wait_client().await;
+    }
+}
+
+/// `floor33 serve`: runs until SIGINT/SIGTERM (or until the gateway ends), then shuts down
+/// with the running job put back in the queue.
+pub async fn serve(config: Config, token: String) -> Result<()> {
+    let engine = spawn_engine(&config)?;
+    tracing::info!(
+        variants = ?engine.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
+        "models loaded"
+    );
+    let expander = prompt_expander(&config)?;
+    let api_base = proxy_base(&config.discord.api_base);
+    if let Some(base) = &api_base {
+        tracing::warn!(%base, "using a Discord API stand-in (proxy mode, no rate limiter)");
+    }
+    let options = BotOptions {
+        token,
+        api_base,
+        dev_guild: config.discord.dev_guild_id,
+        download: config.download_policy(),
+        notifier: NotifierOptions::default(),
+        video_shape: None,
+    };
+    let mut app = start(options, config.service_config(), engine, expander).await?;
+    tracing::info!("floor33 is serving; stop with Ctrl-C or SIGTERM");
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = app.wait_client() => tracing::error!("the Discord connection ended"),
+    }
+    app.shutdown(ShutdownMode::Requeue).await;
+    Ok(())
+}
+
+fn spawn_engine(config: &Config) -> Result<EngineHandle> {
+    let device = select_device(&config.engine.device)?;
+    let dtype = select_dtype(&config.engine.dtype, &device)?;
+    let wanted: Vec<(Variant, Vec<PathBuf>)> = config
+        .engine
+        .variants
+        .iter()
+        .map(|v| Ok((Variant::parse(&v.name)?, v.weights.clone())))
+        .collect::<Result<_>>()?;
+    let engine = EngineHandle::spawn(
+        move || {
+            // Serve what fits; what does not is logged (out of memory beside the others,
+            // missing weights) and left out of the commands' model choices.
+            let (loaded, failed) = loader::load_pipelines(&wanted, &device, dtype);
+            if loaded.is_empty() {
+                let reasons: Vec<String> =
+                    failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
+                return Err(EngineError::BadRequest(format!(
+                    "no model could be loaded ({})",
+                    reasons.join("; ")
+                )));
+            }
+            Ok(loaded)
+        },
+        config.engine_limits(),
+    )?;
+    Ok(engine)
+}
+
+/// The LLM prompt expander when `[llm] base_url` is configured.
+fn prompt_expander(config: &Config) -> Result<Option<Arc<dyn PromptExpander>>> {
+    let Some(cfg) = ExpanderConfig::from_llm_config(config)? else {
+        return Ok(None);
+    };
+    tracing::info!(base_url = %cfg.base_url, model = %cfg.model, "prompt expansion enabled");
+    let expander = LlmExpander::new(cfg, Arc::new(ClipTokenizer::new()?))?;
+    Ok(Some(Arc::new(expander)))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

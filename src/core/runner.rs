@@ -1,0 +1,420 @@
+//! The runner: one task takes jobs from the scheduler one at a time (one GPU), expands the
+//! prompt when asked, runs the engine, reports progress and encodes the MP4; then hands the
+//! job to [`delivery`](super::delivery).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use image::RgbImage;
+use tokio::sync::Notify;
+
+use super::jobs::{JobId, JobKind, JobRecord, JobState};
+use super::ports::{fallback_line, ExpandOutcome, JobUpdate, Shown};
+use super::service::{Inner, RunningJob, StopReason};
+use super::settings::GuildSettings;
+use super::submit::cancel_reason;
+use super::validate::request_for;
+use crate::engine::image_input::{decode_image, ImageLimits};
+use crate::engine::{EngineError, EngineEvent, JobOptions};
+use crate::video::{encode_mp4, preview_png, EncodeOptions};
+
+pub(super) async fn run_loop(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let next = {
+            let mut state = inner.state.lock().unwrap();
+            match state.scheduler.start_next() {
+                None => None,
+                Some(id) => match state.active.get(&id).cloned() {
+                    Some(job) => {
+                        state.running = Some(RunningJob {
+                            id,
+                            progress: None,
+                            stop: None,
+                            engine_cancel: None,
+                            woken: Arc::new(Notify::new()),
+                        });
+                        Some(job)
+                    }
+                    None => {
+                        // Cannot happen (every queued id has a record); never wedge the queue.
+                        tracing::error!(job = %id, "queued job without a record skipped");
+                        state.scheduler.finish(id);
+                        continue;
+                    }
+                },
+            }
+        };
+        match next {
+            Some(job) => {
+                // Everyone behind moved up one; tell them without holding up the GPU.
+                let positions = inner.clone();
+                tokio::spawn(async move { positions.broadcast_positions().await });
+                inner.run_job(job).await;
+            }
+            None => {
+                tokio::select! {
+                    _ = inner.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// How a run ended.
+enum Ending {
+    Done(Box<JobRecord>),
+    Failed(String),
+    Cancelled(u64),
+    Requeue,
+}
+
+impl Inner {
+    async fn run_job(self: &Arc<Self>, mut job: JobRecord) {
+        let id = job.id;
+        let now = SystemTime::now();
+        if let Err(e) = self.store.call(move |s| s.mark_running(id, now)).await {
+            tracing::error!(job = %id, error = %e, "could not record the start");
+        }
+        job.state = JobState::Running;
+        job.started_at = Some(now);
+        tracing::info!(job = %id, variant = %job.spec.variant, "job started");
+
+        let ending = self.generate(&mut job).await;
+        let now = SystemTime::now();
+        let stored = match &ending {
+            Ending::Done(done) => {
+                let (path, steps, truncated) = (
+                    done.result_path.clone().unwrap_or_default(),
+                    done.steps_run.unwrap_or(0),
+                    done.prompt_truncated,
+                );
+                self.store
+                    .call(move |s| s.mark_done(id, now, &path, steps, truncated))
+                    .await
+            }
+            Ending::Failed(error) => {
+                let error = error.clone();
+                self.store
+                    .call(move |s| s.mark_ended(id, JobState::Failed, now, &error))
+                    .await
+            }
+            Ending::Cancelled(by) => {
+                let reason = cancel_reason(&job, *by);
+                self.store
+                    .call(move |s| s.mark_ended(id, JobState::Cancelled, now, &reason))
+                    .await
+            }
+            Ending::Requeue => self.store.call(move |s| s.mark_queued(id)).await,
+        };
+        if let Err(e) = stored {
+            tracing::error!(job = %id, error = %e, "could not record the end of a job");
+        }
+        {
+            let mut state = self.state.lock().unwrap();
+            state.running = None;
+            match &ending {
+                Ending::Requeue => {
+                    state.scheduler.requeue_running();
+                    let mut waiting = job.clone();
+                    waiting.state = JobState::Queued;
+                    waiting.started_at = None;
+                    state.active.insert(id, waiting);
+                }
+                _ => {
+                    state.scheduler.finish(id);
+                    state.active.remove(&id);
+                }
+            }
+        }
+        job.finished_at = Some(now);
+        match ending {
+            Ending::Done(done) => self.spawn_delivery(*done),
+            Ending::Failed(error) => {
+                job.state = JobState::Failed;
+                job.error = Some(error.clone());
+                self.finish_notice(job, JobUpdate::Failed { error }).await
+            }
+            Ending::Cancelled(by) => {
+                job.state = JobState::Cancelled;
+                self.finish_notice(job, JobUpdate::Cancelled { by_user: Some(by) })
+                    .await
+            }
+            Ending::Requeue => {
+                tracing::info!(job = %id, "job interrupted by shutdown, queued again");
+                let position = self.state.lock().unwrap().scheduler.position(id);
+                if let Some(position) = position {
+                    self.update(&job, JobUpdate::Queued { position }).await;
+                }
+            }
+        }
+    }
+
+    /// The stored input image of an image-to-video job, decoded (it was validated at submit).
+    async fn input_image(&self, id: JobId) -> Result<Arc<RgbImage>, String> {
+        let bytes = self
+            .store
+            .call(move |s| s.job_image(id))
+            .await
+            .map_err(|e| format!("the input image could not be read back: {e}"))?
+            .ok_or_else(|| "the input image of this job is missing".to_string())?;
+        tokio::task::spawn_blocking(move || decode_image(&bytes, &ImageLimits::default()))
+            .await
+            .map_err(|e| format!("decoding the input image failed: {e}"))?
+            .map(Arc::new)
+    }
+
+    /// Expansion, engine run and encode. Fills `job`'s result fields on success.
+    async fn generate(self: &Arc<Self>, job: &mut JobRecord) -> Ending {
+        let id = job.id;
+        let image = if job.spec.kind == JobKind::ImageToVideo {
+            match self.input_image(id).await {
+                Ok(image) => Some(image),
+                Err(message) => return Ending::Failed(message),
+            }
+        } else {
+            None
+        };
+        if job.spec.expand && job.spec.expanded_prompt.is_none() {
+            if let Some(ending) = self.expand(job).await {
+                return ending;
+            }
+        }
+        if let Some(ending) = self.stop_requested() {
+            return ending;
+        }
+
+        let request = request_for(&job.spec, image);
+        let handle = self.engine.submit(
+            request,
+            JobOptions {
+                preview_every: self.config.preview_every,
+            },
+        );
+        {
+            let mut state = self.state.lock().unwrap();
+            if let Some(run) = state.running.as_mut() {
+                if run.stop.is_some() {
+                    handle.cancel.cancel();
+                }
+                run.engine_cancel = Some(handle.cancel.clone());
+            }
+        }
+        let mut events = handle.events;
+        let result = loop {
+            match events.recv().await {
+                None => break Err(EngineError::Stopped),
+                Some(EngineEvent::Started) => {
+                    let total = job.spec.steps;
+                    self.set_progress(0, total);
+                    self.update(
+                        job,
+                        JobUpdate::Running {
+                            step: 0,
+                            total,
+                            elapsed: Duration::ZERO,
+                            remaining: Duration::ZERO,
+                            preview_png: None,
+                        },
+                    )
+                    .await;
+                }
+                Some(EngineEvent::Progress(p)) => {
+                    self.set_progress(p.step, p.total);
+                    let max_side = self.config.preview_max_side;
+                    let preview_png = match p.preview {
+                        Some(frame) => {
+                            tokio::task::spawn_blocking(move || preview_png(&frame, max_side).ok())
+                                .await
+                                .ok()
+                                .flatten()
+                        }
+                        None => None,
+                    };
+                    self.update(
+                        job,
+                        JobUpdate::Running {
+                            step: p.step,
+                            total: p.total,
+                            elapsed: p.elapsed,
+                            remaining: p.remaining,
+                            preview_png,
+                        },
+                    )
+                    .await;
+                }
+                Some(EngineEvent::Finished(result)) => break result,
+            }
+        };
+        let generated = match result {
+            Ok(g) => g,
+            Err(EngineError::Cancelled) | Err(EngineError::Stopped) => {
+                return self
+                    .stop_requested()
+                    .unwrap_or_else(|| Ending::Failed("the engine stopped".into()))
+            }
+            Err(e) => return Ending::Failed(e.to_string()),
+        };
+
+        self.update(job, JobUpdate::Encoding).await;
+        let path = self.config.results_dir.join(format!("{}.mp4", id.0));
+        let (video, opts, out) = (generated.video, self.config.encode.clone(), path.clone());
+        let encoded = tokio::task::spawn_blocking(move || write_mp4_durably(&video, &opts, &out))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("{e:#}")));
+        if let Err(e) = encoded {
+            return Ending::Failed(format!("the video could not be encoded: {e}"));
+        }
+        let mut done = job.clone();
+        done.state = JobState::Done;
+        done.result_path = Some(path);
+        done.steps_run = Some(generated.steps_run);
+        done.prompt_truncated = generated.prompt_truncated;
+        done.finished_at = Some(SystemTime::now());
+        Ending::Done(Box::new(done))
+    }
+
+    /// Runs the expander unless stopped meanwhile; `Some` when the job must end instead.
+    async fn expand(self: &Arc<Self>, job: &mut JobRecord) -> Option<Ending> {
+        let Some(expander) = self.expander.clone() else {
+            // Only a job stored while an LLM was configured gets here (the adapter refuses
+            // `expand` otherwise); the member still hears why the prompt stayed as written.
+            let reason = fallback_line("is not available here");
+            self.update(job, JobUpdate::ExpansionSkipped { reason })
+                .await;
+            return None;
+        };
+        self.update(job, JobUpdate::Expanding).await;
+        let woken = self.state.lock().unwrap().running.as_ref()?.woken.clone();
+        let (prompt, kind) = (job.spec.prompt.clone(), job.spec.kind);
+        let outcome = tokio::select! {
+            outcome = expander.expand(&prompt, kind) => outcome,
+            _ = woken.notified() => return self.stop_requested(),
+        };
+        match outcome {
+            ExpandOutcome::Expanded(text) if !text.trim().is_empty() => {
+                let settings = self.settings_of(job.origin.guild_id).await;
+                if let Some(word) = settings.blocked_word_in(&text) {
+                    // The member's own prompt passed the filter; the model's addition did not.
+                    tracing::info!(job = %job.id, %word, "expanded prompt has a blocked word");
+                    let reason = fallback_line("added a word this server blocks");
+                    self.update(job, JobUpdate::ExpansionSkipped { reason })
+                        .await;
+                    return None;
+                }
+                let (id, saved) = (job.id, text.clone());
+                if let Err(e) = self
+                    .store
+                    .call(move |s| s.set_expanded_prompt(id, Some(&saved)))
+                    .await
+                {
+                    tracing::warn!(job = %id, error = %e, "could not store the expanded prompt");
+                }
+                job.spec.expanded_prompt = Some(text.clone());
+                if let Some(active) = self.state.lock().unwrap().active.get_mut(&job.id) {
+                    active.spec.expanded_prompt = Some(text.clone());
+                }
+                self.update(job, JobUpdate::Expanded { prompt: text }).await;
+            }
+            ExpandOutcome::Expanded(_) => {
+                let reason = fallback_line("got an empty answer");
+                self.update(job, JobUpdate::ExpansionSkipped { reason })
+                    .await;
+            }
+            ExpandOutcome::Unchanged { reason } => {
+                tracing::info!(job = %job.id, %reason, "prompt not expanded");
+                self.update(job, JobUpdate::ExpansionSkipped { reason })
+                    .await;
+            }
+        }
+        None
+    }
+
+    /// The ending a stop request asks for, if one was made.
+    fn stop_requested(&self) -> Option<Ending> {
+        let state = self.state.lock().unwrap();
+        match state.running.as_ref()?.stop? {
+            StopReason::User(by) => Some(Ending::Cancelled(by)),
+            StopReason::Shutdown => Some(Ending::Requeue),
+        }
+    }
+
+    fn set_progress(&self, step: usize, total: usize) {
+        if let Some(run) = self.state.lock().unwrap().running.as_mut() {
+            run.progress = Some((step, total));
+        }
+    }
+
+    async fn settings_of(&self, guild: Option<u64>) -> GuildSettings {
+        guild
+            .and_then(|g| self.state.lock().unwrap().settings.get(&g).cloned())
+            .unwrap_or_else(|| self.config.defaults.clone())
+    }
+
+    /// A job update that cannot hold the runner for longer than `notify_timeout`.
+    pub(super) async fn update(&self, job: &JobRecord, update: JobUpdate) {
+        let call = self.notifier.job_update(job, update);
+        match tokio::time::timeout(self.config.notify_timeout, call).await {
+            Ok(shown) => self.remember(job.id, shown).await,
+            Err(_) => tracing::warn!(job = %job.id, "job update timed out"),
+        }
+    }
+
+    /// Keeps what the notifier learned (a new message id), for edits after a restart.
+    pub(super) async fn remember(&self, id: JobId, shown: Shown) {
+        let Some(message_id) = shown.message_id else {
+            return;
+        };
+        if let Some(job) = self.state.lock().unwrap().active.get_mut(&id) {
+            job.origin.message_id = Some(message_id);
+        }
+        if let Err(e) = self
+            .store
+            .call(move |s| s.set_message_id(id, message_id))
+            .await
+        {
+            tracing::warn!(job = %id, error = %e, "could not store the message id");
+        }
+    }
+
+    /// Tells every waiting job its current place.
+    pub(super) async fn broadcast_positions(&self) {
+        let order = self.state.lock().unwrap().scheduler.order();
+        for (id, _) in order {
+            // Fresh look: the job may have started or gone since the order was read.
+            let current = {
+                let state = self.state.lock().unwrap();
+                state
+                    .scheduler
+                    .position(id)
+                    .and_then(|p| state.active.get(&id).map(|j| (p, j.clone())))
+            };
+            if let Some((position, job)) = current {
+                self.update(&job, JobUpdate::Queued { position }).await;
+            }
+        }
+    }
+}
+
+/// Encodes to a temporary name, syncs, then renames: the result file is whole or absent.
+fn write_mp4_durably(
+    video: &crate::video::VideoFrames,
+    opts: &EncodeOptions,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let tmp = path.with_extension("mp4.part");
+    encode_mp4(video, opts, &tmp)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // The rename itself must reach the disk too.
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! Restart safety of the job service: a crash mid-job, a crash between the video and its
+//! delivery, and a graceful shutdown. Each "process" is its own tokio runtime over the same
+//! database; a crash is a runtime torn down with its tasks, without `shutdown`.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::support::job_fakes::*;
+use floor33::core::{
+    JobId, JobRecord, JobService, JobState, JobUpdate, ServiceConfig, ShutdownMode,
+};
+use floor33::engine::EngineHandle;
+use floor33::models::config::Variant;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn start(dir: &Path, engine: &EngineHandle, notifier: &Arc<RecordingNotifier>) -> JobService {
+    let mut config = ServiceConfig::new(dir.join("floor33.db"));
+    config.defaults.default_variant = Variant::Tiny;
+    config.defaults.member_waiting_limit = 10;
+    config.preview_every = None;
+    JobService::start(config, engine.clone(), notifier.clone(), None)
+        .await
+        .unwrap()
+}
+
+async fn stored(service: &JobService, id: JobId) -> JobRecord {
+    service.get(id).await.unwrap().unwrap()
+}
+
+async fn wait_delivered_flag(service: &JobService, id: JobId) {
+    for _ in 0..500 {
+        if stored(service, id).await.delivered {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never marked delivered");
+}
+
+fn starts(notifier: &RecordingNotifier, id: JobId) -> usize {
+    notifier
+        .updates_of(id)
+        .iter()
+        .filter(|u| matches!(u, JobUpdate::Running { step: 0, .. }))
+        .count()
+}
+
+#[test]
+fn a_job_interrupted_by_a_crash_runs_again_once_and_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine();
+    let notifier = shared(RecordingNotifier::default());
+
+    let first = runtime();
+    let id = first.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let id = service
+            .submit(tiny_spec("interrupted", 4), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(60, "the first step", || notifier.reached_step(id, 1)).await;
+        id
+    });
+    first.shutdown_background();
+    assert!(notifier.delivered().is_empty());
+
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        wait_until(120, "delivery", || !notifier.delivered().is_empty()).await;
+        wait_delivered_flag(&service, id).await;
+        assert_eq!(stored(&service, id).await.state, JobState::Done);
+        service.shutdown(ShutdownMode::Finish).await;
+    });
+    drop(second);
+
+    // A third start finds nothing left to run or deliver.
+    let third = runtime();
+    third.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(service.queue_view(Some(1)).running.is_none());
+        service.shutdown(ShutdownMode::Finish).await;
+    });
+    assert_eq!(notifier.delivered(), vec![id], "delivered exactly once");
+    assert_eq!(
+        starts(&notifier, id),
+        2,
+        "one interrupted run, one full run"
+    );
+}
+
+#[test]
+fn a_finished_but_undelivered_job_is_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine();
+    let notifier = shared(RecordingNotifier::default());
+    notifier.fail_next.store(1, Ordering::SeqCst);
+
+    let first = runtime();
+    let id = first.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let id = service
+            .submit(tiny_spec("undelivered", 2), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(120, "the failed delivery", || {
+            notifier.fail_next.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        service.shutdown(ShutdownMode::Finish).await;
+        let job = stored(&service, id).await;
+        assert_eq!((job.state, job.delivered), (JobState::Done, false));
+        id
+    });
+    drop(first);
+    assert!(notifier.delivered().is_empty());
+
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        wait_until(60, "redelivery", || !notifier.delivered().is_empty()).await;
+        wait_delivered_flag(&service, id).await;
+        service.shutdown(ShutdownMode::Finish).await;
+    });
+    assert_eq!(notifier.delivered(), vec![id]);
+    assert_eq!(starts(&notifier, id), 1, "the video was not made twice");
+}
+
+#[test]
+fn graceful_shutdown_requeues_the_running_job_at_the_head_and_keeps_the_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine();
+    let notifier = shared(RecordingNotifier::default());
+
+    let first = runtime();
+    let (running, waiting) = first.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let running = service
+            .submit(tiny_spec("long", 4), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(60, "the first step", || notifier.reached_step(running, 1)).await;
+        for (prompt, user) in [("b", 10), ("c", 10), ("d", 11), ("e", 12)] {
+            service
+                .submit(tiny_spec(prompt, 2), origin(1, user))
+                .await
+                .unwrap();
+        }
+        let waiting: Vec<JobId> = service
+            .queue_view(Some(1))
+            .waiting
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        service.shutdown(ShutdownMode::Requeue).await;
+        assert_eq!(stored(&service, running).await.state, JobState::Queued);
+        (running, waiting)
+    });
+    drop(first);
+    assert!(notifier.has(running, |u| *u == JobUpdate::Queued { position: 1 }));
+
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let view = service.queue_view(Some(1));
+        let mut order: Vec<JobId> = view.running.iter().map(|e| e.id).collect();
+        order.extend(view.waiting.iter().map(|e| e.id));
+        let mut expected = vec![running];
+        expected.extend(&waiting);
+        assert_eq!(order, expected);
+        wait_until(120, "all deliveries", || notifier.delivered().len() == 5).await;
+        service.shutdown(ShutdownMode::Finish).await;
+    });
+    assert_eq!(notifier.delivered(), [vec![running], waiting].concat());
+}
