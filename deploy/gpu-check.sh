@@ -7,7 +7,7 @@
 #   bash deploy/gpu-check.sh
 # With binaries cross-built elsewhere (no build on the GPU host), name them:
 #   FLOOR33_BIN="<launcher> floor33" \
-#   FLOOR33_GOLDEN_HALF="<launcher> golden_half-<hash>" bash deploy/gpu-check.sh
+#   FLOOR33_GOLDEN_HALF="<launcher> golden-<hash> half::" bash deploy/gpu-check.sh
 # QUICK=1 skips the 50-step generation and the f32/bf16 benches (about 1 minute of GPU time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ export FLOOR33_GOLDEN_DIR=$PWD/tests/fixtures/golden FLOOR33_TEST_DEVICE=${FLOOR
 # shellcheck disable=SC1091
 [ -f "${CARGO_TARGET_DIR:-target}/floor33-cuda.env" ] && . "${CARGO_TARGET_DIR:-target}/floor33-cuda.env"
 BIN=${FLOOR33_BIN:-cargo run -q --release --locked --features cuda --}
-GOLDEN=${FLOOR33_GOLDEN_HALF:-cargo test -q --release --locked --features cuda --test golden_half --}
+GOLDEN=${FLOOR33_GOLDEN_HALF:-cargo test -q --release --locked --features cuda --test golden -- half::}
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; git rev-parse HEAD; } \
   | tee "$out/host.txt"

@@ -11,10 +11,9 @@
 //!   remaining error scales with the storage type's rounding, see the printed figures).
 //!
 //! The device is the CPU unless `FLOOR33_TEST_DEVICE` says `cuda` or `cuda:N` (a `cuda` build):
-//! `deploy/gpu-check.sh` runs this file on a GPU. Errors are printed (`--nocapture`).
+//! `deploy/gpu-check.sh` runs these tests on a GPU (`golden half::`). Errors are printed (`--nocapture`).
 
-mod support;
-
+use super::support::golden::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use floor33::models::unet::UNetModel;
@@ -22,7 +21,6 @@ use floor33::models::vae::AutoencoderKL;
 use floor33::sampler::ddim::{sample, Conditioning, Flow};
 use floor33::sampler::noise::ReplayNoise;
 use floor33::sampler::schedule::{DdimSchedule, NoiseSchedule};
-use support::golden::*;
 
 fn device() -> Device {
     match std::env::var("FLOOR33_TEST_DEVICE").as_deref() {
