@@ -1,14 +1,25 @@
 //! Softmax over the last dimension with all arithmetic in f32, whatever the storage type.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 struct SoftmaxF32;
 
 /// softmax(x) along the last dimension; the result has `x`'s dtype. The maximum, the
 /// exponentials and their sum are computed in f32 (f64 for f64 input).
+///
+/// On the CPU this is candle's softmax on the input widened to f32 (the same arithmetic as
+/// [`SoftmaxF32`]'s CPU code, but compiled with the dependencies' optimisation in dev builds,
+/// where this crate's own loops are not optimised); elsewhere it is the custom op.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        let wide = match x.dtype() {
+            DType::F64 => DType::F64,
+            _ => DType::F32,
+        };
+        return candle_nn::ops::softmax_last_dim(&x.to_dtype(wide)?)?.to_dtype(x.dtype());
+    }
     x.contiguous()?.apply_op1_no_bwd(&SoftmaxF32)
 }
 
@@ -92,7 +103,7 @@ impl CustomOp1 for SoftmaxF32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::Device;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -111,6 +122,26 @@ mod tests {
         let want = candle_nn::ops::softmax_last_dim(&x).unwrap();
         let got = softmax_last_dim(&x).unwrap();
         assert!(max_diff(&got, &want) < 1e-6);
+    }
+
+    #[test]
+    fn custom_op_cpu_code_matches_the_cpu_path() {
+        // The op's own CPU code is the reference for its CUDA kernel.
+        let x = Tensor::randn(0f32, 3.0, (4, 513), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let xd = x.to_dtype(dtype).unwrap();
+            let op = xd.apply_op1_no_bwd(&SoftmaxF32).unwrap();
+            let path = softmax_last_dim(&xd).unwrap();
+            let diff = max_diff(
+                &op.to_dtype(DType::F32).unwrap(),
+                &path.to_dtype(DType::F32).unwrap(),
+            );
+            // f32: summation order only; half types: at most one rounding step apart.
+            assert!(
+                diff < 1e-6 || (dtype != DType::F32 && diff < 4e-3),
+                "{dtype:?}: {diff}"
+            );
+        }
     }
 
     #[test]
