@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod image_input;
 pub mod loader;
+pub mod memory;
 pub mod pipeline;
 pub mod request;
 

@@ -220,10 +220,8 @@ impl Pipeline {
 
     /// f32 latents `(b, 4, t, h, w)` to a `(b, 3, t, H, W)` video in [-1, 1]-ish (f32).
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor, EngineError> {
-        let video = self
-            .networks
-            .vae
-            .decode_video(&latents.to_dtype(self.dtype)?)?;
+        // The decoder takes f32 latents and returns f32 whatever its own dtype.
+        let video = self.networks.vae.decode_video(latents)?;
         Ok(video.to_dtype(DType::F32)?)
     }
 

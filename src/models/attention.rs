@@ -4,8 +4,14 @@
 //! Attention never materialises the whole token×token matrix: at 576×1024 the first level has
 //! 9216 tokens per frame and a full matrix would need 27 GB. [`attention`] walks over blocks of
 //! batch rows and queries so that each score block stays under [`attention_block_elements`].
+//!
+//! For f16/bf16 tensors the scores and the softmax are computed in f32 (q and k are widened,
+//! which costs n·d conversions, not n·m), and the probabilities are rounded once before the
+//! product with v, whose GEMM accumulates in f32.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
+
+use super::kernels;
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 /// Upper bound on the elements of one score block (batch rows × queries × keys): 2^28 on a
@@ -15,6 +21,14 @@ pub fn attention_block_elements(device: &candle_core::Device) -> usize {
         1 << 24
     } else {
         1 << 28
+    }
+}
+
+/// The dtype scores and softmax are computed in for activations of `dtype`.
+fn score_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
     }
 }
 
@@ -33,9 +47,10 @@ pub fn attention_blocked(
 ) -> Result<Tensor> {
     let (batch, n_q, _) = q.dims3()?;
     let n_k = k.dim(1)?;
-    let kt = k.t()?;
+    let scores = score_dtype(q.dtype());
+    let kt = k.to_dtype(scores)?.t()?;
     // Scaling q (n·d values) instead of the scores (n·m values) saves a full pass over them.
-    let q = &(q * scale)?;
+    let q = &(q.to_dtype(scores)? * scale)?;
     let per_batch_row = n_q * n_k;
     if batch * per_batch_row <= block_elements {
         return attention_block(q, &kt, v);
@@ -70,7 +85,9 @@ pub fn attention_blocked(
 }
 
 fn attention_block(q_scaled: &Tensor, kt: &Tensor, v: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::softmax_last_dim(&q_scaled.matmul(kt)?)?.matmul(v)
+    kernels::softmax_last_dim(&q_scaled.matmul(kt)?)?
+        .to_dtype(v.dtype())?
+        .matmul(v)
 }
 
 /// `RelativePosition`: a learned table indexed by the clamped key-minus-query distance.
@@ -231,8 +248,13 @@ impl CrossAttention {
         (rel_k, rel_v): &(RelativePosition, RelativePosition),
     ) -> Result<Tensor> {
         let (len_q, len_k) = (q.dim(1)?, k.dim(1)?);
+        let dtype = v.dtype();
+        let (q, k) = (
+            &q.to_dtype(score_dtype(dtype))?,
+            &k.to_dtype(score_dtype(dtype))?,
+        );
         let e_k = rel_k.forward(len_q, len_k)?.to_dtype(q.dtype())?; // (t, s, d)
-        let e_v = rel_v.forward(len_q, len_k)?.to_dtype(q.dtype())?;
+        let e_v = rel_v.forward(len_q, len_k)?.to_dtype(dtype)?;
         let scores = q.matmul(&k.t()?)?;
         // einsum('b t d, t s d -> b t s'): per query position t, a (b, d) x (d, s) product.
         let rel_scores = q
@@ -241,7 +263,7 @@ impl CrossAttention {
             .matmul(&e_k.transpose(1, 2)?.contiguous()?)?
             .transpose(0, 1)?;
         let scores = ((scores + rel_scores)? * self.scale)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = kernels::softmax_last_dim(&scores)?.to_dtype(dtype)?;
         let out = probs.matmul(v)?;
         // einsum('b t s, t s d -> b t d')
         let rel_out = probs

@@ -3,9 +3,12 @@
 
 pub mod attention;
 pub mod config;
+pub mod conv;
 pub mod embeddings;
 pub mod image_encoder;
 pub mod image_preprocess;
+pub mod kernels;
+pub mod norm;
 pub mod random_init;
 pub mod resampler;
 pub mod resblock;

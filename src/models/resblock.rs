@@ -2,7 +2,11 @@
 //! `lvdm/modules/networks/openaimodel3d.py`. Activations are `(b*t, c, h, w)`, frames inner.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, Linear, VarBuilder};
+
+use super::conv::{conv2d, Conv2d};
+
+use super::norm::{group_norm, GroupNorm};
 
 pub fn conv3x3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
@@ -10,7 +14,7 @@ pub fn conv3x3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result
         stride,
         ..Default::default()
     };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+    conv2d(cin, cout, 3, cfg, vb)
 }
 
 /// `TemporalConvBlock`: four [GroupNorm, SiLU, Conv3d (3,1,1)] stages along time, plus identity.
@@ -27,7 +31,7 @@ impl TemporalConvBlock {
             .into_iter()
             .map(|(name, conv_index)| {
                 let vb = vb.pp(name);
-                let norm = candle_nn::group_norm(32, channels, 1e-5, vb.pp("0"))?;
+                let norm = group_norm(vb.pp("0"), channels, 1e-5)?;
                 let conv_vb = vb.pp(conv_index.to_string());
                 let weight = conv_vb
                     .get((channels, channels, 3, 1, 1), "weight")?
@@ -35,7 +39,7 @@ impl TemporalConvBlock {
                 let bias = conv_vb.get(channels, "bias")?;
                 Ok((
                     norm,
-                    Conv2d::new(weight, Some(bias), Conv2dConfig::default()),
+                    Conv2d::new(weight, Some(bias), Conv2dConfig::default())?,
                 ))
             })
             .collect::<Result<_>>()?;
@@ -52,7 +56,7 @@ impl TemporalConvBlock {
             .contiguous()?;
         let mut y = identity.clone();
         for (norm, conv) in &self.stages {
-            y = norm.forward(&y)?.silu()?;
+            y = norm.forward_silu(&y)?;
             y = conv.forward(&y.pad_with_zeros(2, 1, 1)?)?;
         }
         (identity + y)?.transpose(1, 2)?.reshape((bt, c, h, w))
@@ -64,7 +68,9 @@ impl TemporalConvBlock {
 #[derive(Debug, Clone)]
 pub struct ResBlock {
     in_norm: GroupNorm,
+    /// `in_layers.2` without its bias, which is added together with the embedding.
     in_conv: Conv2d,
+    in_bias: Tensor,
     emb_proj: Linear,
     out_norm: GroupNorm,
     out_conv: Conv2d,
@@ -83,7 +89,7 @@ impl ResBlock {
         let skip_connection = if cin == cout {
             None
         } else {
-            Some(candle_nn::conv2d(
+            Some(conv2d(
                 cin,
                 cout,
                 1,
@@ -96,11 +102,17 @@ impl ResBlock {
         } else {
             None
         };
+        let in_conv = conv3x3(vb.pp("in_layers.2"), cin, cout, 1)?;
+        let in_bias = match in_conv.bias() {
+            Some(bias) => bias.clone(),
+            None => candle_core::bail!("in_layers.2 has no bias"),
+        };
         Ok(Self {
-            in_norm: candle_nn::group_norm(32, cin, 1e-5, vb.pp("in_layers.0"))?,
-            in_conv: conv3x3(vb.pp("in_layers.2"), cin, cout, 1)?,
+            in_norm: group_norm(vb.pp("in_layers.0"), cin, 1e-5)?,
+            in_conv: in_conv.without_bias()?,
+            in_bias,
             emb_proj: candle_nn::linear(emb_dim, cout, vb.pp("emb_layers.1"))?,
-            out_norm: candle_nn::group_norm(32, cout, 1e-5, vb.pp("out_layers.0"))?,
+            out_norm: group_norm(vb.pp("out_layers.0"), cout, 1e-5)?,
             out_conv: conv3x3(vb.pp("out_layers.3"), cout, cout, 1)?,
             skip_connection,
             temopral_conv,
@@ -109,14 +121,16 @@ impl ResBlock {
 
     /// `emb` is `(b*t, emb_dim)`, already repeated per frame.
     pub fn forward(&self, x: &Tensor, emb: &Tensor, frames: usize) -> Result<Tensor> {
-        let h = self.in_conv.forward(&self.in_norm.forward(x)?.silu()?)?;
-        let emb_out = self
+        let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
+        // The conv bias and the projected embedding, summed on (b*t, c) and added in one pass.
+        let shift = self
             .emb_proj
             .forward(&emb.silu()?)?
+            .broadcast_add(&self.in_bias)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = h.broadcast_add(&emb_out)?;
-        let h = self.out_conv.forward(&self.out_norm.forward(&h)?.silu()?)?;
+        let h = h.broadcast_add(&shift)?;
+        let h = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
         let h = match &self.skip_connection {
             Some(skip) => (skip.forward(x)? + h)?,
             None => (x + h)?,

@@ -54,7 +54,7 @@ impl MultiheadAttention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+        let out = super::kernels::softmax_last_dim(&scores)?.matmul(&v)?;
         let out = out
             .reshape((b, self.heads, n, d))?
             .transpose(1, 2)?

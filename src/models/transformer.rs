@@ -2,9 +2,10 @@
 //! self-attends across frames) from `lvdm/modules/attention.py`.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::attention::{AttentionKind, BasicTransformerBlock};
+use super::norm::{group_norm, GroupNorm};
 
 /// A projection that is a `Linear` when `use_linear` and a kernel-1 Conv1d otherwise
 /// (weights `(out, in, 1)`); both act on the channel (last) dimension here.
@@ -19,6 +20,23 @@ impl ChannelProjection {
         let weight = vb.get((out_dim, in_dim, 1), "weight")?.squeeze(2)?;
         let bias = vb.get(out_dim, "bias")?;
         Ok(Self(Linear::new(weight, Some(bias))))
+    }
+}
+
+impl ChannelProjection {
+    /// The projection of token-major `(n, tokens, in)` input, returned channels-first
+    /// `(n, out, tokens)`: W·xᵀ reads the tokens transposed in the GEMM instead of copying them.
+    pub fn forward_channels_first(&self, tokens: &Tensor) -> Result<Tensor> {
+        let n = tokens.dim(0)?;
+        let y = self
+            .0
+            .weight()
+            .broadcast_left(n)?
+            .matmul(&tokens.transpose(1, 2)?)?;
+        match self.0.bias() {
+            Some(bias) => y.broadcast_add(&bias.unsqueeze(1)?),
+            None => Ok(y),
+        }
     }
 }
 
@@ -67,20 +85,20 @@ impl TransformerLayers {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            norm: candle_nn::group_norm(32, channels, 1e-6, vb.pp("norm"))?,
+            norm: group_norm(vb.pp("norm"), channels, 1e-6)?,
             proj_in: ChannelProjection::new(vb.pp("proj_in"), channels, inner, spec.use_linear)?,
             transformer_blocks,
             proj_out: ChannelProjection::new(vb.pp("proj_out"), inner, channels, spec.use_linear)?,
         })
     }
 
-    /// proj_in → blocks → proj_out on token-major `(n, tokens, c)` input.
+    /// proj_in → blocks on token-major `(n, tokens, c)` input; token-major output before proj_out.
     fn run_blocks(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let mut y = self.proj_in.forward(tokens)?;
         for block in &self.transformer_blocks {
             y = block.forward(&y, context)?;
         }
-        self.proj_out.forward(&y)
+        Ok(y)
     }
 }
 
@@ -122,8 +140,9 @@ impl SpatialTransformer {
             .transpose(1, 2)?
             .contiguous()?;
         let y = self.0.run_blocks(&tokens, Some(context))?;
-        let y = y.transpose(1, 2)?.reshape((bt, c, h, w))?;
-        y + x
+        // proj_out straight into 'b c (h w)': no transposed copy of the tokens.
+        let y = self.0.proj_out.forward_channels_first(&y)?;
+        y.reshape((bt, c, h, w))? + x
     }
 }
 
@@ -157,14 +176,15 @@ impl TemporalTransformer {
     pub fn forward_frames(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
         let (bt, c, h, w) = x.dims4()?;
         let b = bt / frames;
-        // '(b t) c h w -> b c t h w' for the norm, then 'b c t h w -> (b h w) t c'.
-        let x5 = x.reshape((b, frames, c, h, w))?.transpose(1, 2)?;
-        let normed = self.0.norm.forward(&x5.contiguous()?)?;
+        // The norm of 'b c t h w' computed in place of the '(b t) c h w' layout, then
+        // '(b t) c h w -> (b h w) t c' (the one copy).
+        let normed = self.0.norm.forward_frames(x, frames)?;
         let tokens = normed
-            .reshape((b, c, frames, h * w))?
-            .permute((0, 3, 2, 1))?
+            .reshape((b, frames, c, h * w))?
+            .permute((0, 3, 1, 2))?
             .reshape((b * h * w, frames, c))?;
         let y = self.0.run_blocks(&tokens, None)?;
+        let y = self.0.proj_out.forward(&y)?;
         // '(b h w) t c -> (b t) c h w'
         let y = y
             .reshape((b, h * w, frames, c))?

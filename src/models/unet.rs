@@ -3,18 +3,23 @@
 //! `middle_block.{j}`, `output_blocks.{i}.{j}`, `time_embed`, `fps_embedding`, `out`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{Conv2d, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
+
+use super::conv::Conv2d;
 
 use super::config::UNetConfig;
 use super::embeddings::EmbeddingMlp;
+use super::norm::{group_norm, GroupNorm};
 use super::resblock::{conv3x3, Downsample, ResBlock, Upsample};
 use super::transformer::{SpatialTransformer, TemporalTransformer, TransformerSpec};
 
 /// One layer of a `TimestepEmbedSequential`.
 #[derive(Debug, Clone)]
 enum Layer {
-    Conv(Conv2d),
-    Res(ResBlock),
+    /// The first convolution: f32 in and weights, output in the network's dtype.
+    InputConv(Conv2d),
+    /// Boxed: by far the largest layer.
+    Res(Box<ResBlock>),
     Spatial(SpatialTransformer),
     Temporal(TemporalTransformer),
     Down(Downsample),
@@ -40,7 +45,7 @@ impl Block {
         let mut h = x.clone();
         for layer in &self.layers {
             h = match layer {
-                Layer::Conv(conv) => conv.forward(&h)?,
+                Layer::InputConv(conv) => conv.forward_f32(&h)?.to_dtype(conv.dtype())?,
                 Layer::Res(res) => res.forward(&h, inputs.emb, inputs.frames)?,
                 Layer::Spatial(st) => st.forward(&h, inputs.context)?,
                 Layer::Temporal(tt) => tt.forward_frames(&h, inputs.frames)?,
@@ -64,7 +69,10 @@ pub struct UNetModel {
     middle_block: Block,
     output_blocks: Vec<Block>,
     out_norm: GroupNorm,
+    /// `out.2`, computed in f32: the noise prediction leaves the network in f32.
     out_conv: Conv2d,
+    /// The weights' dtype, in which everything between the first and last conv runs.
+    dtype: DType,
     config: UNetConfig,
 }
 
@@ -82,13 +90,13 @@ impl UNetModel {
         let relative = cfg.use_relative_position.then_some(cfg.temporal_length);
         // [ResBlock, (SpatialTransformer, TemporalTransformer) at attention resolutions].
         let res_and_attention = |vb: VarBuilder, cin: usize, cout: usize, ds: usize| {
-            let mut layers = vec![Layer::Res(ResBlock::new(
+            let mut layers = vec![Layer::Res(Box::new(ResBlock::new(
                 vb.pp("0"),
                 cin,
                 cout,
                 emb_dim,
                 cfg.temporal_conv,
-            )?)];
+            )?))];
             if cfg.attention_resolutions.contains(&ds) {
                 layers.push(Layer::Spatial(SpatialTransformer::new(
                     vb.pp("1"),
@@ -111,12 +119,9 @@ impl UNetModel {
 
         let vb_in = vb.pp("input_blocks");
         let mut input_blocks = vec![Block {
-            layers: vec![Layer::Conv(conv3x3(
-                vb_in.pp("0").pp("0"),
-                cfg.in_channels,
-                mc,
-                1,
-            )?)],
+            layers: vec![Layer::InputConv(
+                conv3x3(vb_in.pp("0").pp("0"), cfg.in_channels, mc, 1)?.keep_f32()?,
+            )],
         }];
         let init_attn = if cfg.addition_attention {
             // Hard-coded 8 heads of num_head_channels, Conv1d projections.
@@ -157,13 +162,13 @@ impl UNetModel {
         }
 
         let vb_mid = vb.pp("middle_block");
-        let mut middle = vec![Layer::Res(ResBlock::new(
+        let mut middle = vec![Layer::Res(Box::new(ResBlock::new(
             vb_mid.pp("0"),
             ch,
             ch,
             emb_dim,
             cfg.temporal_conv,
-        )?)];
+        )?))];
         middle.push(Layer::Spatial(SpatialTransformer::new(
             vb_mid.pp("1"),
             ch,
@@ -180,13 +185,13 @@ impl UNetModel {
             )?));
         }
         let last = middle.len();
-        middle.push(Layer::Res(ResBlock::new(
+        middle.push(Layer::Res(Box::new(ResBlock::new(
             vb_mid.pp(last.to_string()),
             ch,
             ch,
             emb_dim,
             cfg.temporal_conv,
-        )?));
+        )?)));
 
         let vb_out = vb.pp("output_blocks");
         let mut output_blocks = Vec::new();
@@ -217,8 +222,9 @@ impl UNetModel {
             init_attn,
             middle_block: Block { layers: middle },
             output_blocks,
-            out_norm: candle_nn::group_norm(32, ch, 1e-5, vb.pp("out.0"))?,
-            out_conv: conv3x3(vb.pp("out.2"), ch, cfg.out_channels, 1)?,
+            out_norm: group_norm(vb.pp("out.0"), ch, 1e-5)?,
+            out_conv: conv3x3(vb.pp("out.2"), ch, cfg.out_channels, 1)?.keep_f32()?,
+            dtype: vb.dtype(),
             config: cfg.clone(),
         })
     }
@@ -243,8 +249,9 @@ impl UNetModel {
         }
     }
 
-    /// Predicts the noise. `x` is `(b, c, t, h, w)`, `context` `(b, L, C)`, one timestep and fps
-    /// per sample. Returns `(b, c_out, t, h, w)`.
+    /// Predicts the noise. `x` is `(b, c, t, h, w)` (best f32, whatever the weights), `context`
+    /// `(b, L, C)` in the weights' dtype, one timestep and fps per sample. Returns
+    /// `(b, c_out, t, h, w)` in f32.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -264,7 +271,7 @@ impl UNetModel {
         mut trace: Option<TraceFn>,
     ) -> Result<Tensor> {
         let (b, c, t, h, w) = x.dims5()?;
-        let emb = self.embed(timesteps, fps, x.dtype(), x.device())?;
+        let emb = self.embed(timesteps, fps, self.dtype, x.device())?;
         // repeat_interleave over frames: row = b_idx * t + t_idx.
         let emb = repeat_interleave(&emb, t)?;
         let context = repeat_interleave(context, t)?;
@@ -302,7 +309,7 @@ impl UNetModel {
         }
         let y = self
             .out_conv
-            .forward(&self.out_norm.forward(&hcur)?.silu()?)?;
+            .forward_f32(&self.out_norm.forward_silu(&hcur)?)?;
         record("out", &y)?;
         let (_, c_out, h_out, w_out) = y.dims4()?;
         y.reshape((b, t, c_out, h_out, w_out))?.transpose(1, 2)

@@ -2,18 +2,20 @@
 //! Stable Diffusion VAE layout under `first_stage_model.`. Inference only decodes, frame by
 //! frame; encode is here for completeness (and for tests).
 
-use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::config::VaeConfig;
+use super::conv::{conv2d, Conv2d};
+use super::norm::{group_norm, GroupNorm};
 use super::resblock::conv3x3;
 
 fn norm(vb: VarBuilder, channels: usize) -> Result<GroupNorm> {
-    candle_nn::group_norm(32, channels, 1e-6, vb)
+    group_norm(vb, channels, 1e-6)
 }
 
 fn conv1x1(vb: VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
-    candle_nn::conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
+    conv2d(cin, cout, 1, Conv2dConfig::default(), vb)
 }
 
 /// `ResnetBlock` (no time embedding): norm1-swish-conv1, norm2-swish-conv2, 1×1 `nin_shortcut`.
@@ -45,8 +47,8 @@ impl ResnetBlock {
 
 impl Module for ResnetBlock {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.nin_shortcut {
             Some(conv) => conv.forward(x)? + h,
             None => x + h,
@@ -153,7 +155,7 @@ impl Encoder {
                     stride: 2,
                     ..Default::default()
                 };
-                Some(candle_nn::conv2d(
+                Some(conv2d(
                     block_in,
                     block_in,
                     3,
@@ -192,7 +194,7 @@ impl Module for Encoder {
             }
         }
         let h = self.mid.forward(&h)?;
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -238,18 +240,24 @@ impl Decoder {
         }
         up.reverse();
         Ok(Self {
-            conv_in,
+            conv_in: conv_in.keep_f32()?,
             mid,
             up,
             norm_out: norm(vb.pp("norm_out"), block_in)?,
-            conv_out: conv3x3(vb.pp("conv_out"), block_in, dd.out_ch, 1)?,
+            conv_out: conv3x3(vb.pp("conv_out"), block_in, dd.out_ch, 1)?.keep_f32()?,
         })
     }
 }
 
+/// f32 latents in, f32 images out; the layers in between run in the weights' dtype (the first
+/// and last conv in f32, see `conv.rs`).
 impl Module for Decoder {
     fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let mut h = self.mid.forward(&self.conv_in.forward(z)?)?;
+        let h = self
+            .conv_in
+            .forward_f32(z)?
+            .to_dtype(self.conv_in.dtype())?;
+        let mut h = self.mid.forward(&h)?;
         for level in self.up.iter().rev() {
             for block in &level.blocks {
                 h = block.forward(&h)?;
@@ -259,7 +267,7 @@ impl Module for Decoder {
                 h = conv.forward(&h.upsample_nearest2d(height * 2, width * 2)?)?;
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward_f32(&self.norm_out.forward_silu(&h)?)
     }
 }
 
@@ -286,17 +294,18 @@ impl AutoencoderKL {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
             decoder: Decoder::new(vb.pp("decoder"), cfg)?,
             quant_conv: conv1x1(vb.pp("quant_conv"), 2 * z, 2 * cfg.embed_dim)?,
-            post_quant_conv: conv1x1(vb.pp("post_quant_conv"), cfg.embed_dim, z)?,
+            post_quant_conv: conv1x1(vb.pp("post_quant_conv"), cfg.embed_dim, z)?.keep_f32()?,
             scale_factor: cfg.scale_factor,
         })
     }
 
     /// Decodes one batch of latent images `(n, 4, h, w)` in the diffusion (scaled) space.
-    /// Multiplies by float32(1/scale_factor), exactly as the original does.
+    /// Multiplies by float32(1/scale_factor), exactly as the original does. The latents are
+    /// taken in f32 (whatever dtype they come in) and the images returned in f32.
     pub fn decode_latent_images(&self, z: &Tensor) -> Result<Tensor> {
         let inv = (1.0f32 / self.scale_factor as f32) as f64;
-        let z = (z * inv)?;
-        self.decoder.forward(&self.post_quant_conv.forward(&z)?)
+        let z = (z.to_dtype(DType::F32)? * inv)?;
+        self.decoder.forward(&self.post_quant_conv.forward_f32(&z)?)
     }
 
     /// `decode_first_stage_2DAE`: `(b, 4, t, h, w)` latents to `(b, 3, t, H, W)` video, frame by

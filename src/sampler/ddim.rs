@@ -42,8 +42,8 @@ pub enum Flow {
 
 /// Runs DDIM from `x_t` (f32 `(b, 4, t, h, w)`). Returns `None` when `observe` stopped it.
 ///
-/// Latents and coefficients stay in f32 whatever the UNet dtype. With guidance the conditional
-/// and unconditional passes run as one batch of 2b.
+/// Latents and coefficients stay in f32 whatever the UNet dtype (the UNet takes and returns f32
+/// at its edges). With guidance the conditional and unconditional passes run as one batch of 2b.
 pub fn sample(
     unet: &UNetModel,
     schedule: &DdimSchedule,
@@ -52,7 +52,6 @@ pub fn sample(
     noise: &mut dyn NoiseSource,
     observe: &mut dyn FnMut(StepReport) -> Flow,
 ) -> Result<Option<Tensor>> {
-    let model_dtype = cond.context.dtype();
     let b = x_t.dim(0)?;
     let guided = cond.guidance_scale != 1.0 && cond.uncond_context.is_some();
     let batched_context = match (guided, cond.uncond_context) {
@@ -71,12 +70,7 @@ pub fn sample(
         };
         let timesteps = vec![step.timestep as f64; b * passes];
         let out = unet
-            .forward(
-                &model_in.to_dtype(model_dtype)?,
-                &timesteps,
-                &batched_context,
-                &fps,
-            )?
+            .forward(&model_in, &timesteps, &batched_context, &fps)?
             .to_dtype(DType::F32)?;
         let eps = if guided {
             let e_c = out.narrow(0, 0, b)?;

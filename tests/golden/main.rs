@@ -8,6 +8,7 @@ mod support;
 
 mod conditioning;
 mod ddim;
+mod half;
 mod image_cond;
 mod manifest;
 mod pipeline;

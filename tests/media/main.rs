@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod bench_cli;
 mod generate_cli;
 mod generate_cli_limits;
 mod mp4;

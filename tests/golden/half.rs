@@ -1,0 +1,161 @@
+//! The golden DDIM loop (CFG 12, eta 1, 5 steps, then the VAE decode) run with the networks in
+//! f32, f16 and bf16, against the original's f32 video. The sampler keeps latents in f32, the
+//! UNet and the decoder take and return f32 at their edges, and every reduction (norm
+//! statistics, attention scores and softmax) runs in f32.
+//!
+//! Tolerances on the decoded video's max abs error (the video spans about -2.3..1.3):
+//! - f32 1e-3 (as `golden_ddim`);
+//! - f16 2e-2 and bf16 1.5e-1: what the CPU reaches today, with a margin. Before the f32
+//!   reductions f16 gave 2.35e-2 (vc2) and 2.39e-2 (i2v), and bf16 did not run on the CPU;
+//! - with `FLOOR33_HALF_TARGETS=1`, issue 10's targets f16 1e-2 and bf16 3e-2 (not met yet: the
+//!   remaining error scales with the storage type's rounding, see the printed figures).
+//!
+//! The device is the CPU unless `FLOOR33_TEST_DEVICE` says `cuda` or `cuda:N` (a `cuda` build):
+//! `deploy/gpu-check.sh` runs these tests on a GPU (`golden half::`). Errors are printed (`--nocapture`).
+
+use super::support::golden::*;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use floor33::models::unet::UNetModel;
+use floor33::models::vae::AutoencoderKL;
+use floor33::sampler::ddim::{sample, Conditioning, Flow};
+use floor33::sampler::noise::ReplayNoise;
+use floor33::sampler::schedule::{DdimSchedule, NoiseSchedule};
+
+fn device() -> Device {
+    match std::env::var("FLOOR33_TEST_DEVICE").as_deref() {
+        Err(_) | Ok("cpu") => Device::Cpu,
+        Ok(spec) => {
+            let ordinal = spec.strip_prefix("cuda:").unwrap_or("0").parse().unwrap();
+            Device::new_cuda(ordinal).expect("FLOOR33_TEST_DEVICE needs a cuda build and a GPU")
+        }
+    }
+}
+
+/// The variant's weight files on `device`, converted to `dtype` when read.
+fn weights_in(variant: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    let dir = golden_dir();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(format!("config_{variant}.json"))).unwrap(),
+    )
+    .unwrap();
+    let files: Vec<_> = json["weights"]
+        .as_array()
+        .expect("weights list")
+        .iter()
+        .map(|f| dir.join(f.as_str().unwrap()))
+        .collect();
+    // SAFETY: fixture files are not modified while the test runs.
+    unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device).unwrap() }
+}
+
+/// Runs the guided case of `ddim_<variant>` in `dtype`; returns (latent, video) max abs errors.
+fn guided_loop_error(variant: &str, dtype: DType) -> (f64, f64) {
+    let device = device();
+    let on_device = |t: Tensor| t.to_device(&device).unwrap();
+    let cfg = config(variant);
+    let vb = weights_in(variant, dtype, &device);
+    let unet = UNetModel::new(vb.pp("model.diffusion_model"), &cfg.unet).unwrap();
+    let vae = AutoencoderKL::new(vb.pp("first_stage_model"), &cfg.vae).unwrap();
+    let io = tensors(&format!("ddim_{variant}.safetensors"));
+    let schedule = NoiseSchedule::from_config(&cfg.diffusion);
+    let ddim = DdimSchedule::new(&schedule, 5, 1.0);
+    let context = on_device(get(&io, "context").to_dtype(dtype).unwrap());
+    let uncond = on_device(get(&io, "cfg.uc_context").to_dtype(dtype).unwrap());
+    let cond = Conditioning {
+        context: &context,
+        uncond_context: Some(&uncond),
+        guidance_scale: 12.0,
+        fps: values_f64(&get(&io, "fps"))[0],
+    };
+    let noise = get(&io, "cfg.noise");
+    let draws: Vec<Tensor> = (0..5).map(|i| noise.get(i).unwrap()).collect();
+    let latent = sample(
+        &unet,
+        &ddim,
+        on_device(get(&io, "cfg.x_T")),
+        &cond,
+        &mut ReplayNoise::new(draws),
+        &mut |_| Flow::Continue,
+    )
+    .unwrap()
+    .expect("not cancelled");
+    let video = vae
+        .decode_video(&latent)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let latent = latent.to_device(&Device::Cpu).unwrap();
+    let latent_err = max_abs_diff(&latent, &get(&io, "cfg.latent"));
+    let video_err = max_abs_diff(&video, &get(&io, "cfg.video"));
+    // The decoder's own share: the original's latent decoded in `dtype`.
+    let decoder_only = vae
+        .decode_video(&on_device(get(&io, "cfg.latent")))
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let decoder_err = max_abs_diff(&decoder_only, &get(&io, "cfg.video"));
+    println!(
+        "{variant} {dtype:?} on {device:?}: latent max_abs {latent_err:.3e}, video max_abs \
+         {video_err:.3e} (decoder alone {decoder_err:.3e})"
+    );
+    (latent_err, video_err)
+}
+
+/// The video tolerance for `dtype`: today's CPU bound, or issue 10's target when asked.
+fn video_tolerance(dtype: DType) -> f64 {
+    let targets = std::env::var("FLOOR33_HALF_TARGETS").is_ok_and(|v| v == "1");
+    match (dtype, targets) {
+        (DType::F16, false) => 2e-2,
+        (DType::F16, true) => 1e-2,
+        (DType::BF16, false) => 1.5e-1,
+        (DType::BF16, true) => 3e-2,
+        _ => 1e-3,
+    }
+}
+
+fn check(variant: &str, dtype: DType) {
+    let video_tol = video_tolerance(dtype);
+    let (_, video_err) = guided_loop_error(variant, dtype);
+    assert!(
+        video_err <= video_tol,
+        "{variant} {dtype:?}: video max abs error {video_err:.3e} > {video_tol:.0e}"
+    );
+}
+
+#[test]
+fn guided_loop_vc2_f32_matches_original() {
+    check("vc2", DType::F32);
+}
+
+#[test]
+fn guided_loop_vc2_f16_within_tolerance() {
+    check("vc2", DType::F16);
+}
+
+#[test]
+fn guided_loop_vc2_bf16_within_tolerance() {
+    check("vc2", DType::BF16);
+}
+
+#[test]
+fn guided_loop_vc1_1024_f16_within_tolerance() {
+    check("vc1_1024", DType::F16);
+}
+
+#[test]
+fn guided_loop_vc1_1024_bf16_within_tolerance() {
+    check("vc1_1024", DType::BF16);
+}
+
+#[test]
+fn guided_loop_i2v_f16_within_tolerance() {
+    check("i2v", DType::F16);
+}
+
+#[test]
+fn guided_loop_i2v_bf16_within_tolerance() {
+    check("i2v", DType::BF16);
+}
