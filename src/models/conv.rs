@@ -99,8 +99,23 @@ pub fn conv2d(
     config: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    let weight = vb.get((cout, cin / config.groups, kernel, kernel), "weight")?;
-    let bias = vb.get(cout, "bias")?;
+    // The same init hints as candle_nn::conv2d: checkpoints ignore them, but the random-weight
+    // models (`tiny`, bench) draw from them, and a zero hint would flatten every activation.
+    let fan_in = (cin / config.groups) * kernel * kernel;
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (cout, cin / config.groups, kernel, kernel),
+        "weight",
+        candle_nn::init::DEFAULT_KAIMING_NORMAL,
+    )?;
+    let bias = vb.get_with_hints(
+        cout,
+        "bias",
+        candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
     Conv2d::new(weight, Some(bias), config)
 }
 

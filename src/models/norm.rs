@@ -18,8 +18,13 @@ pub struct GroupNorm {
 impl GroupNorm {
     pub fn new(vb: VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(channels, "weight")?.to_dtype(DType::F32)?,
-            bias: vb.get(channels, "bias")?.to_dtype(DType::F32)?,
+            // candle_nn's hints (weight 1, bias 0): random-weight models draw from them.
+            weight: vb
+                .get_with_hints(channels, "weight", candle_nn::Init::Const(1.0))?
+                .to_dtype(DType::F32)?,
+            bias: vb
+                .get_with_hints(channels, "bias", candle_nn::Init::Const(0.0))?
+                .to_dtype(DType::F32)?,
             groups,
             eps,
         })
