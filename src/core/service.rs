@@ -264,30 +264,7 @@ impl JobService {
 
     /// The effective settings of a guild (the defaults for direct messages).
     pub async fn settings(&self, guild: Option<u64>) -> Result<GuildSettings, StoreError> {
-        let Some(guild) = guild else {
-            return Ok(self.inner.config.defaults.clone());
-        };
-        if let Some(s) = self.inner.state.lock().unwrap().settings.get(&guild) {
-            return Ok(s.clone());
-        }
-        let overrides = self
-            .inner
-            .store
-            .call(move |s| s.setting_overrides(guild))
-            .await?;
-        let settings = self
-            .inner
-            .config
-            .defaults
-            .clone()
-            .with_overrides(&overrides, &self.bounds());
-        self.inner
-            .state
-            .lock()
-            .unwrap()
-            .settings
-            .insert(guild, settings.clone());
-        Ok(settings)
+        self.inner.settings(guild).await
     }
 
     /// Every key with its value, default and whether the guild changed it.
@@ -379,10 +356,7 @@ impl JobService {
     }
 
     pub(super) fn bounds(&self) -> SettingsBounds {
-        SettingsBounds {
-            limits: self.inner.config.limits.clone(),
-            variants: self.inner.engine.variants().to_vec(),
-        }
+        self.inner.bounds()
     }
 
     /// Tries again every finished job whose delivery did not go through (e.g. after the
@@ -440,6 +414,38 @@ impl JobService {
             tracing::warn!("deliveries still in flight at shutdown were abandoned");
         }
         tracing::info!("job service stopped");
+    }
+}
+
+impl Inner {
+    /// The effective settings of a guild: the cache, else the store (so a change or a restart
+    /// is seen by every step that reads settings, the runner's moderation included).
+    pub(super) async fn settings(&self, guild: Option<u64>) -> Result<GuildSettings, StoreError> {
+        let Some(guild) = guild else {
+            return Ok(self.config.defaults.clone());
+        };
+        if let Some(s) = self.state.lock().unwrap().settings.get(&guild) {
+            return Ok(s.clone());
+        }
+        let overrides = self.store.call(move |s| s.setting_overrides(guild)).await?;
+        let settings = self
+            .config
+            .defaults
+            .clone()
+            .with_overrides(&overrides, &self.bounds());
+        self.state
+            .lock()
+            .unwrap()
+            .settings
+            .insert(guild, settings.clone());
+        Ok(settings)
+    }
+
+    fn bounds(&self) -> SettingsBounds {
+        SettingsBounds {
+            limits: self.config.limits.clone(),
+            variants: self.engine.variants().to_vec(),
+        }
     }
 }
 

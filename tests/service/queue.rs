@@ -394,6 +394,67 @@ async fn prompt_expansion_runs_before_generation_and_is_stored() {
     service.shutdown(ShutdownMode::Finish).await;
 }
 
+/// Submits an expanding job whose expansion adds "gore" and waits for its delivery; true when
+/// the expansion was refused for a blocked word (the member's own prompt ran).
+async fn expansion_blocked(service: &JobService, notifier: &RecordingNotifier) -> bool {
+    let mut spec = tiny_spec("a quiet harbour", 1);
+    spec.expand = true;
+    let id = service.submit(spec, origin(1, 10)).await.unwrap().id;
+    wait_until(120, "delivery", || notifier.delivered().contains(&id)).await;
+    let blocked = notifier.has(
+        id,
+        |u| matches!(u, JobUpdate::ExpansionSkipped { reason } if reason.contains("blocks")),
+    );
+    let ran = notifier
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(j, _)| *j == id)
+        .map(|(_, v)| v.prompt.clone())
+        .unwrap();
+    assert_eq!(ran.contains("gore"), !blocked, "ran with: {ran}");
+    blocked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expanded_prompt_meets_the_servers_blocked_words_after_a_set_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let expander = Arc::new(SuffixExpander {
+        suffix: "gore everywhere".into(),
+        ..Default::default()
+    });
+    let engine = tiny_engine();
+    let start_expanding = || {
+        JobService::start(
+            config(dir.path()),
+            engine.clone(),
+            notifier.clone(),
+            Some(expander.clone()),
+        )
+    };
+    let service = start_expanding().await.unwrap();
+    // The operator's defaults block nothing: only the server's own list can catch "gore".
+    assert!(!expansion_blocked(&service, &notifier).await);
+    service
+        .set_setting(1, 99, "blocked_words", "gore")
+        .await
+        .unwrap();
+    assert!(
+        expansion_blocked(&service, &notifier).await,
+        "right after /config set"
+    );
+    service.shutdown(ShutdownMode::Finish).await;
+
+    let again = start_expanding().await.unwrap();
+    assert!(
+        expansion_blocked(&again, &notifier).await,
+        "after a restart"
+    );
+    again.shutdown(ShutdownMode::Finish).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_to_video_job_runs_from_the_stored_image() {
     let dir = tempfile::tempdir().unwrap();
