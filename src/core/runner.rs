@@ -275,6 +275,10 @@ impl Inner {
         done.result_path = Some(path);
         done.steps_run = Some(generated.steps_run);
         done.prompt_truncated = generated.prompt_truncated;
+        if let Some(fit) = generated.image_fit {
+            // What the engine did is what the member is shown (and Re-roll repeats).
+            done.spec.image_fit = fit;
+        }
         done.finished_at = Some(SystemTime::now());
         Ending::Done(Box::new(done))
     }

@@ -569,6 +569,7 @@ mod tests {
                 width: 48,
                 frames: 4,
             }),
+            image_fit: Default::default(),
             image: None,
         }
     }

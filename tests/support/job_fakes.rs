@@ -138,6 +138,7 @@ pub fn tiny_spec(prompt: &str, steps: usize) -> JobSpec {
             width: 48,
             frames: 4,
         }),
+        image_fit: Default::default(),
         image: None,
     }
 }
