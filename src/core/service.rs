@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::jobs::{JobId, JobKind, JobRecord};
+use super::jobs::{JobId, JobKind, JobRecord, JobState};
 use super::ports::{Notifier, PromptExpander};
 use super::runner::run_loop;
 use super::scheduler::Scheduler;
@@ -189,10 +189,32 @@ impl JobService {
         if !recovered.interrupted.is_empty() {
             tracing::info!(jobs = ?recovered.interrupted, "interrupted jobs queued again");
         }
+        // A job whose model is no longer loaded can never run: it is failed with the reason
+        // (and its member told below) rather than left to wedge the queue or the start.
+        let loaded = engine.variants().to_vec();
+        let (runnable, orphaned): (Vec<JobRecord>, Vec<JobRecord>) = recovered
+            .queued
+            .into_iter()
+            .partition(|job| loaded.contains(&job.spec.variant));
+        let mut unrunnable = Vec::new();
+        for mut job in orphaned {
+            let reason = format!(
+                "your job could not be resumed after a restart: the model `{}` is no longer loaded on this bot",
+                job.spec.variant.name()
+            );
+            tracing::warn!(job = %job.id, variant = %job.spec.variant, "queued job's model not loaded, marked failed");
+            let (id, now, error) = (job.id, SystemTime::now(), reason.clone());
+            store
+                .call(move |s| s.mark_ended(id, JobState::Failed, now, &error))
+                .await?;
+            job.state = JobState::Failed;
+            job.error = Some(reason);
+            unrunnable.push(job);
+        }
         let mut scheduler = Scheduler::new(config.global_cap);
         scheduler.resume_from_round(last_round);
         let mut active = HashMap::new();
-        for job in recovered.queued {
+        for job in runnable {
             scheduler.restore(job.id, job.origin.user_id, job.round);
             active.insert(job.id, job);
         }
@@ -217,7 +239,7 @@ impl JobService {
             deliveries: Mutex::new(JoinSet::new()),
             started: std::time::Instant::now(),
         });
-        for job in recovered.undelivered {
+        for job in recovered.undelivered.into_iter().chain(unrunnable) {
             inner.spawn_delivery(job);
         }
         let runner = tokio::spawn(run_loop(inner.clone()));
