@@ -3,14 +3,16 @@
 //! Start-up, in this order: the operator's configuration → the store (the database is opened
 //! and recovered before anything talks to Discord) → the engine (models loaded) → the core
 //! ([`JobService`], with the LLM expander when configured) → the Discord adapter, which
-//! receives the core and never the engine.
+//! receives the core and never the engine. With `[ops] listen` the ops listener comes up
+//! right after the configuration, so `/healthz` answers while the models load and `/readyz`
+//! says what is still missing; every part records into the one [`Metrics`] it serves.
 //!
 //! Shutdown, in this order: the core stops taking jobs and requeues (or finishes) the running
 //! one and waits for deliveries in flight; then the gateway is closed; then the engine is
-//! dropped with the last handle to it.
+//! dropped with the last handle to it; the ops listener closes last.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 
@@ -23,6 +25,7 @@ use crate::engine::{loader, EngineError, EngineHandle};
 use crate::llm::{ExpanderConfig, LlmExpander};
 use crate::models::config::Variant;
 use crate::models::tokenizer::ClipTokenizer;
+use crate::ops::{probe_fn, Metrics, OpsServer, Readiness};
 
 /// A running floor33: the core and the Discord adapter in front of it.
 pub struct App {
@@ -38,9 +41,9 @@ pub async fn start(
     engine: EngineHandle,
     expander: Option<Arc<dyn PromptExpander>>,
 ) -> Result<App> {
-    let store = StoreHandle::open(service.db_path.clone())
+    let store = StoreHandle::open(service.database.clone())
         .await
-        .with_context(|| format!("opening the database {}", service.db_path.display()))?;
+        .with_context(|| format!("opening the database {}", service.database))?;
     let connected = crate::discord::connect(bot).await?;
     let service =
         JobService::start_with_store(service, store, engine, connected.notifier(), expander)
@@ -68,12 +71,21 @@ impl App {
 /// `floor33 serve`: runs until SIGINT/SIGTERM (or until the gateway ends), then shuts down
 /// with the running job put back in the queue.
 pub async fn serve(config: Config, token: String) -> Result<()> {
-    let engine = spawn_engine(&config)?;
+    let metrics = Metrics::new();
+    let startup = Startup::default();
+    // Up before the models load: /healthz answers at once, /readyz says what is missing.
+    let ops = match config.ops.listen_addr()? {
+        Some(addr) => Some(OpsServer::start(addr, metrics.clone(), startup.readiness()).await?),
+        None => None,
+    };
+    // Loading blocks for minutes; keep the runtime's other workers (the listener) serving.
+    let engine = tokio::task::block_in_place(|| spawn_engine(&config))?;
+    let _ = startup.engine.set(engine.clone());
     tracing::info!(
         variants = ?engine.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
         "models loaded"
     );
-    let expander = prompt_expander(&config)?;
+    let expander = prompt_expander(&config, &metrics)?;
     let api_base = proxy_base(&config.discord.api_base);
     if let Some(base) = &api_base {
         tracing::warn!(%base, "using a Discord API stand-in (proxy mode, no rate limiter)");
@@ -83,17 +95,59 @@ pub async fn serve(config: Config, token: String) -> Result<()> {
         api_base,
         dev_guild: config.discord.dev_guild_id,
         download: config.download_policy(),
-        notifier: NotifierOptions::default(),
+        notifier: NotifierOptions {
+            metrics: metrics.clone(),
+            ..NotifierOptions::default()
+        },
         video_shape: None,
     };
-    let mut app = start(options, config.service_config(), engine, expander).await?;
+    let mut service = config.service_config();
+    service.metrics = metrics;
+    let mut app = start(options, service, engine, expander).await?;
+    let _ = startup.service.set(app.service.clone());
     tracing::info!("floor33 is serving; stop with Ctrl-C or SIGTERM");
     tokio::select! {
         _ = shutdown_signal() => tracing::info!("shutting down"),
         _ = app.wait_client() => tracing::error!("the Discord connection ended"),
     }
     app.shutdown(ShutdownMode::Requeue).await;
+    if let Some(ops) = ops {
+        ops.stop().await;
+    }
     Ok(())
+}
+
+/// What `/readyz` looks at, filled in as start-up goes: ready once the models are loaded and
+/// the core's store answers.
+#[derive(Clone, Default)]
+struct Startup {
+    engine: Arc<OnceLock<EngineHandle>>,
+    service: Arc<OnceLock<JobService>>,
+}
+
+impl Startup {
+    fn readiness(&self) -> Readiness {
+        let engine = self.engine.clone();
+        let service = self.service.clone();
+        Readiness::new()
+            .with(probe_fn("models", move || {
+                let loaded = match engine.get() {
+                    Some(e) if !e.variants().is_empty() => Ok(()),
+                    Some(_) => Err("no model loaded".to_string()),
+                    None => Err("loading".to_string()),
+                };
+                async move { loaded }
+            }))
+            .with(probe_fn("store", move || {
+                let service = service.get().cloned();
+                async move {
+                    match service {
+                        Some(s) => s.ping_store().await.map_err(|e| format!("no answer: {e}")),
+                        None => Err("not open yet".to_string()),
+                    }
+                }
+            }))
+    }
 }
 
 fn spawn_engine(config: &Config) -> Result<EngineHandle> {
@@ -126,12 +180,13 @@ fn spawn_engine(config: &Config) -> Result<EngineHandle> {
 }
 
 /// The LLM prompt expander when `[llm] base_url` is configured.
-fn prompt_expander(config: &Config) -> Result<Option<Arc<dyn PromptExpander>>> {
+fn prompt_expander(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn PromptExpander>>> {
     let Some(cfg) = ExpanderConfig::from_llm_config(config)? else {
         return Ok(None);
     };
     tracing::info!(base_url = %cfg.base_url, model = %cfg.model, "prompt expansion enabled");
-    let expander = LlmExpander::new(cfg, Arc::new(ClipTokenizer::new()?))?;
+    let expander =
+        LlmExpander::new(cfg, Arc::new(ClipTokenizer::new()?))?.with_metrics(metrics.clone());
     Ok(Some(Arc::new(expander)))
 }
 

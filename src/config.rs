@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::core::service::ServiceConfig;
 use crate::core::settings::GuildSettings;
+use crate::core::store::Location;
 use crate::engine::Limits;
 use crate::models::config::Variant;
 
@@ -25,6 +26,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub discord: DiscordConfig,
     pub limits: LimitsConfig,
+    pub ops: OpsConfig,
     /// Guild settings for servers that changed nothing (and for direct messages).
     pub defaults: GuildSettings,
 }
@@ -53,7 +55,11 @@ pub struct VariantConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// The embedded SQLite file, used unless `url` is set.
     pub path: PathBuf,
+    /// A PostgreSQL server (`postgres://user:password@host:5432/dbname`) shared by every
+    /// floor33 process, instead of the file at `path`.
+    pub url: Option<DatabaseUrl>,
     /// Where finished videos are kept; `results/` beside the database when absent.
     pub results_dir: Option<PathBuf>,
 }
@@ -104,6 +110,27 @@ pub struct LimitsConfig {
     pub preview_every_s: f64,
 }
 
+/// The operator's HTTP listener (`/metrics`, `/healthz`, `/readyz`; see `src/ops`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// `host:port` to serve on, e.g. `127.0.0.1:9133`; off when absent.
+    pub listen: Option<String>,
+}
+
+impl OpsConfig {
+    /// The listen address, `None` when the listener is off; a value that is not `ip:port` is
+    /// an error naming the key.
+    pub fn listen_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        let Some(text) = &self.listen else {
+            return Ok(None);
+        };
+        text.trim().parse().map(Some).map_err(|_| {
+            anyhow::anyhow!("`ops.listen`: `{text}` is not an address; write ip:port, e.g. 127.0.0.1:9133 (or [::1]:9133), or leave it out to turn the listener off")
+        })
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
@@ -121,8 +148,37 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             path: PathBuf::from("floor33-data/floor33.db"),
+            url: None,
             results_dir: None,
         }
+    }
+}
+
+/// A PostgreSQL URL; `Debug` hides its password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        DatabaseUrl(url.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", Location::Postgres(self.0.clone()))
+    }
+}
+
+impl DatabaseConfig {
+    /// Where the store lives: the PostgreSQL server when `url` is set, else the SQLite file.
+    pub fn location(&self) -> Location {
+        Location::new(&self.path, self.url.as_ref().map(DatabaseUrl::expose))
     }
 }
 
@@ -253,6 +309,9 @@ impl Config {
         if let Some(v) = var("FLOOR33_DATABASE_PATH") {
             self.database.path = PathBuf::from(v);
         }
+        if let Some(v) = var("FLOOR33_DATABASE_URL") {
+            self.database.url = Some(v).filter(|s| !s.trim().is_empty()).map(DatabaseUrl);
+        }
         if let Some(v) = var("FLOOR33_RESULTS_DIR") {
             self.database.results_dir = Some(PathBuf::from(v));
         }
@@ -294,6 +353,10 @@ impl Config {
         if let Some(v) = var("FLOOR33_GLOBAL_CAP") {
             self.limits.global_cap = parsed("FLOOR33_GLOBAL_CAP", v)?;
         }
+        if let Some(v) = var("FLOOR33_OPS_LISTEN") {
+            // Empty turns a listener set in the file off.
+            self.ops.listen = Some(v).filter(|s| !s.trim().is_empty());
+        }
         Ok(())
     }
 
@@ -305,6 +368,7 @@ impl Config {
         self.validate_llm()?;
         self.validate_discord()?;
         self.validate_limits()?;
+        self.ops.listen_addr()?;
         let bounds = crate::core::settings::SettingsBounds {
             limits: self.engine_limits(),
             variants: self.variants()?,
@@ -358,6 +422,10 @@ impl Config {
 
     fn validate_database(&self) -> Result<()> {
         let db = &self.database;
+        if let Some(url) = &db.url {
+            crate::core::store::check_postgres_url(url.expose())
+                .map_err(|e| anyhow::anyhow!("`database.url`: {e}"))?;
+        }
         if db.path.as_os_str().is_empty() {
             bail!("`database.path` is empty");
         }
@@ -460,6 +528,7 @@ impl Config {
     /// The job service's configuration.
     pub fn service_config(&self) -> ServiceConfig {
         let mut config = ServiceConfig::new(self.database.path.clone());
+        config.database = self.database.location();
         if let Some(dir) = &self.database.results_dir {
             config.results_dir = dir.clone();
         }
@@ -723,6 +792,44 @@ mod tests {
     }
 
     #[test]
+    fn database_url_selects_postgres_and_is_checked_without_printing_its_password() {
+        let config = Config::default();
+        assert_eq!(
+            config.database.location(),
+            Location::Sqlite(PathBuf::from("floor33-data/floor33.db"))
+        );
+        let text = "[database]\nurl = \"postgres://floor33:hunter2@db.lan:5432/floor33\"\n";
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.database.location(),
+            Location::Postgres("postgres://floor33:hunter2@db.lan:5432/floor33".into())
+        );
+        assert!(!format!("{config:?}").contains("hunter2"));
+        for bad in [
+            "mysql://floor33:hunter2@db.lan/floor33",
+            "floor33.db",
+            "postgres://floor33:hunter2@db.lan:port/floor33",
+        ] {
+            let err = Config::from_toml(&format!("[database]\nurl = \"{bad}\"\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("database.url"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let mut config = Config::default();
+        config
+            .apply_env(|k| (k == "FLOOR33_DATABASE_URL").then(|| "postgres://h/db".to_string()))
+            .unwrap();
+        assert_eq!(
+            config.database.location(),
+            Location::Postgres("postgres://h/db".into())
+        );
+    }
+
+    #[test]
     fn a_token_in_the_file_is_refused_and_secrets_never_print() {
         let err = Config::from_toml("[discord]\ntoken = \"abc\"\n").unwrap_err();
         assert!(err.to_string().contains("DISCORD_TOKEN"), "{err}");
@@ -774,5 +881,33 @@ mod tests {
                 .unwrap_err();
             assert!(format!("{err:#}").contains("cdn_hosts"), "{err:#}");
         }
+    }
+
+    #[test]
+    fn ops_listener_is_off_by_default_and_a_bad_address_names_the_key() {
+        assert_eq!(Config::default().ops.listen_addr().unwrap(), None);
+        let config = Config::from_toml("[ops]\nlisten = \"127.0.0.1:9133\"\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.ops.listen_addr().unwrap(),
+            Some("127.0.0.1:9133".parse().unwrap())
+        );
+        for bad in [
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "http://127.0.0.1:9133",
+        ] {
+            let err = Config::from_toml(&format!("[ops]\nlisten = \"{bad}\"\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("`ops.listen`"), "{err:#}");
+        }
+        let mut config = config;
+        config
+            .apply_env(|k| (k == "FLOOR33_OPS_LISTEN").then(String::new))
+            .unwrap();
+        assert_eq!(config.ops.listen_addr().unwrap(), None);
     }
 }

@@ -13,6 +13,7 @@ pub mod discord;
 pub mod engine;
 pub mod llm;
 pub mod models;
+pub mod ops;
 pub mod redact;
 pub mod sampler;
 pub mod video;

@@ -16,6 +16,7 @@ use super::submit::cancel_reason;
 use super::validate::request_for;
 use crate::engine::image_input::{decode_image, ImageLimits};
 use crate::engine::{EngineError, EngineEvent, JobOptions};
+use crate::ops::{JobOutcome, LlmFallback};
 use crate::video::{encode_mp4, preview_png, EncodeOptions};
 
 pub(super) async fn run_loop(inner: Arc<Inner>) {
@@ -26,7 +27,12 @@ pub(super) async fn run_loop(inner: Arc<Inner>) {
         }
         let next = {
             let mut state = inner.state.lock().unwrap();
-            match state.scheduler.start_next() {
+            let next = state.scheduler.start_next();
+            inner
+                .config
+                .metrics
+                .set_queue_depth(state.scheduler.waiting_len());
+            match next {
                 None => None,
                 Some(id) => match state.active.get(&id).cloned() {
                     Some(job) => {
@@ -83,6 +89,10 @@ impl Inner {
         job.state = JobState::Running;
         job.started_at = Some(now);
         tracing::info!(job = %id, variant = %job.spec.variant, "job started");
+        let metrics = &self.config.metrics;
+        let waited = now.duration_since(job.created_at).unwrap_or_default();
+        metrics.job_started(job.spec.variant, waited);
+        let ran = std::time::Instant::now();
 
         let ending = self.generate(&mut job).await;
         let now = SystemTime::now();
@@ -120,6 +130,7 @@ impl Inner {
             match &ending {
                 Ending::Requeue => {
                     state.scheduler.requeue_running();
+                    metrics.set_queue_depth(state.scheduler.waiting_len());
                     let mut waiting = job.clone();
                     waiting.state = JobState::Queued;
                     waiting.started_at = None;
@@ -132,6 +143,15 @@ impl Inner {
             }
         }
         job.finished_at = Some(now);
+        let variant = job.spec.variant;
+        match &ending {
+            Ending::Done(_) => metrics.job_finished(variant, JobOutcome::Done, ran.elapsed()),
+            Ending::Failed(_) => metrics.job_finished(variant, JobOutcome::Failed, ran.elapsed()),
+            Ending::Cancelled(_) => {
+                metrics.job_finished(variant, JobOutcome::Cancelled, ran.elapsed())
+            }
+            Ending::Requeue => metrics.job_requeued(variant),
+        }
         match ending {
             Ending::Done(done) => self.spawn_delivery(*done),
             Ending::Failed(error) => {
@@ -205,6 +225,9 @@ impl Inner {
             }
         }
         let mut events = handle.events;
+        // The last step reported, to time the steps between two reports (the first report
+        // also carries the prompt encoding, so timing starts there).
+        let mut last_step: Option<(usize, Duration)> = None;
         let result = loop {
             match events.recv().await {
                 None => break Err(EngineError::Stopped),
@@ -225,6 +248,14 @@ impl Inner {
                 }
                 Some(EngineEvent::Progress(p)) => {
                     self.set_progress(p.step, p.total);
+                    if let Some((step, at)) = last_step.filter(|(s, _)| p.step > *s) {
+                        let steps = (p.step - step) as u32;
+                        let each = p.elapsed.saturating_sub(at) / steps;
+                        for _ in 0..steps {
+                            self.config.metrics.step_finished(job.spec.variant, each);
+                        }
+                    }
+                    last_step = Some((p.step, p.elapsed));
                     let max_side = self.config.preview_max_side;
                     let preview_png = match p.preview {
                         Some(frame) => {
@@ -289,6 +320,7 @@ impl Inner {
             // Only a job stored while an LLM was configured gets here (the adapter refuses
             // `expand` otherwise); the member still hears why the prompt stayed as written.
             let reason = fallback_line("is not available here");
+            self.config.metrics.llm_fallback(LlmFallback::NotConfigured);
             self.update(job, JobUpdate::ExpansionSkipped { reason })
                 .await;
             return None;
@@ -318,6 +350,7 @@ impl Inner {
                     // The member's own prompt passed the filter; the model's addition did not.
                     tracing::info!(job = %job.id, %word, "expanded prompt has a blocked word");
                     let reason = fallback_line("added a word this server blocks");
+                    self.config.metrics.llm_fallback(LlmFallback::BlockedWord);
                     self.update(job, JobUpdate::ExpansionSkipped { reason })
                         .await;
                     return None;
@@ -338,6 +371,9 @@ impl Inner {
             }
             ExpandOutcome::Expanded(_) => {
                 let reason = fallback_line("got an empty answer");
+                self.config
+                    .metrics
+                    .llm_fallback(LlmFallback::UnusableAnswer);
                 self.update(job, JobUpdate::ExpansionSkipped { reason })
                     .await;
             }

@@ -34,7 +34,7 @@ use super::scheduler::Scheduler;
 use super::settings::{
     self, AuditEntry, GuildSettings, SettingError, SettingKey, SettingView, SettingsBounds,
 };
-use super::store::{StoreError, StoreHandle};
+use super::store::{Location, StoreError, StoreHandle};
 use super::views::SettingChange;
 use crate::engine::{CancelToken, EngineHandle, Limits};
 use crate::video::EncodeOptions;
@@ -42,7 +42,8 @@ use crate::video::EncodeOptions;
 /// The service's settings (the operator's configuration converts into this).
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    pub db_path: PathBuf,
+    /// The SQLite file or PostgreSQL server holding the jobs.
+    pub database: Location,
     /// Where finished MP4s are kept until (and after) delivery.
     pub results_dir: PathBuf,
     /// Settings of a guild that changed nothing, and of direct messages.
@@ -60,6 +61,9 @@ pub struct ServiceConfig {
     /// Longest wait at shutdown for deliveries in flight; the rest are delivered at the next
     /// start.
     pub shutdown_grace: Duration,
+    /// Where the job's life is counted (queue, states, durations, refusals); the app shares
+    /// it with the ops listener.
+    pub metrics: crate::ops::Metrics,
 }
 
 impl ServiceConfig {
@@ -68,7 +72,7 @@ impl ServiceConfig {
         let db_path = db_path.into();
         let results_dir = db_path.parent().unwrap_or(Path::new(".")).join("results");
         ServiceConfig {
-            db_path,
+            database: Location::Sqlite(db_path),
             results_dir,
             defaults: GuildSettings::default(),
             global_cap: 100,
@@ -78,6 +82,7 @@ impl ServiceConfig {
             encode: EncodeOptions::default(),
             notify_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(30),
+            metrics: crate::ops::Metrics::new(),
         }
     }
 }
@@ -154,14 +159,14 @@ pub(super) enum StopReason {
 }
 
 impl JobService {
-    /// Opens the store at `config.db_path` and starts as [`JobService::start_with_store`] does.
+    /// Opens the store at `config.database` and starts as [`JobService::start_with_store`] does.
     pub async fn start(
         config: ServiceConfig,
         engine: EngineHandle,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
-        let store = StoreHandle::open(config.db_path.clone()).await?;
+        let store = StoreHandle::open(config.database.clone()).await?;
         Self::start_with_store(config, store, engine, notifier, expander).await
     }
 
@@ -188,6 +193,9 @@ impl JobService {
             .await?;
         if !recovered.interrupted.is_empty() {
             tracing::info!(jobs = ?recovered.interrupted, "interrupted jobs queued again");
+        }
+        for q in &recovered.quarantined {
+            tracing::warn!(job = %q.id, reason = %q.reason, "an unreadable job was marked failed");
         }
         // A job whose model is no longer loaded can never run: it is failed with the reason
         // (and its member told below) rather than left to wedge the queue or the start.
@@ -216,8 +224,10 @@ impl JobService {
         let mut active = HashMap::new();
         for job in runnable {
             scheduler.restore(job.id, job.origin.user_id, job.round);
+            config.metrics.job_queued(job.spec.variant);
             active.insert(job.id, job);
         }
+        config.metrics.set_queue_depth(scheduler.waiting_len());
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             config,
@@ -248,6 +258,14 @@ impl JobService {
     }
 
     /// A spec filled with the guild's defaults and a random seed; the adapter overrides what
+    /// Whether the store answers a query (the ops listener's readiness check).
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .call(|s| s.schema_version().map(|_| ()))
+            .await
+    }
+
     /// The models the engine serves.
     pub fn variants(&self) -> &[crate::models::config::Variant] {
         self.inner.engine.variants()

@@ -105,6 +105,14 @@ impl JobService {
     /// Validates, stores and queues a job, and tells the notifier its place. On `Ok` the job
     /// is on disk.
     pub async fn submit(&self, spec: JobSpec, origin: Origin) -> Result<Submitted, Refusal> {
+        let submitted = self.enqueue(spec, origin).await;
+        if let Err(refusal) = &submitted {
+            self.inner.config.metrics.refused(refusal);
+        }
+        submitted
+    }
+
+    async fn enqueue(&self, spec: JobSpec, origin: Origin) -> Result<Submitted, Refusal> {
         if !self.inner.state.lock().unwrap().accepting {
             return Err(Refusal::ShuttingDown);
         }
@@ -149,6 +157,9 @@ impl JobService {
                 }
             };
             let position = state.scheduler.confirm(reservation, id);
+            let metrics = &self.inner.config.metrics;
+            metrics.job_queued(spec.variant);
+            metrics.set_queue_depth(state.scheduler.waiting_len());
             // As the store has it (millisecond times), so a view shows what a restart would.
             let record = JobRecord::queued(id, spec, origin, round, from_millis(to_millis(now)));
             state.active.insert(id, record.clone());
@@ -204,6 +215,9 @@ impl JobService {
             match state.scheduler.cancel(id) {
                 Some(Cancelled::Removed) => {
                     state.active.remove(&id);
+                    let metrics = &self.inner.config.metrics;
+                    metrics.job_cancelled_while_waiting(record.spec.variant);
+                    metrics.set_queue_depth(state.scheduler.waiting_len());
                     CancelOutcome::Removed
                 }
                 Some(Cancelled::Running) => {

@@ -26,6 +26,7 @@ use super::throttle::Throttled;
 use super::token::{self, Failure};
 use crate::core::jobs::{JobId, JobRecord};
 use crate::core::{DeliveredVideo, DeliveryError, JobUpdate, Notifier, Shown};
+use crate::ops::{DiscordFailure, Metrics};
 
 /// Upload limit when the interaction's own is unknown (jobs stored before it was recorded):
 /// Discord's default.
@@ -40,6 +41,8 @@ pub struct NotifierOptions {
     pub edit_gap: Duration,
     /// Most re-encodes after Discord refused an upload as too large.
     pub max_refusals: usize,
+    /// Where failed API calls and their retries are counted.
+    pub metrics: Metrics,
 }
 
 impl Default for NotifierOptions {
@@ -47,6 +50,7 @@ impl Default for NotifierOptions {
         NotifierOptions {
             edit_gap: Duration::from_millis(1500),
             max_refusals: 4,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -131,10 +135,11 @@ impl DiscordNotifier {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let http = self.http.clone();
         let state = shared.clone();
+        let metrics = self.options.metrics.clone();
         let throttle = Throttled::spawn(self.options.edit_gap, move |p: Pending| {
-            let (http, state) = (http.clone(), state.clone());
+            let (http, state, metrics) = (http.clone(), state.clone(), metrics.clone());
             async move {
-                if let Err(e) = send_progress(&http, &state, p).await {
+                if let Err(e) = send_progress(&http, &metrics, &state, p).await {
                     tracing::debug!(job = %id, error = %e, "progress edit failed");
                 }
             }
@@ -164,6 +169,7 @@ impl DiscordNotifier {
         let note = shared.note.as_deref();
         let sent = send_with_fallback(
             &self.http,
+            &self.options.metrics,
             job,
             initial_target(job, &shared),
             SendKind::Final,
@@ -215,7 +221,12 @@ fn initial_target(job: &JobRecord, shared: &Shared) -> Target {
     Target::Interaction
 }
 
-async fn send_progress(http: &Http, state: &Mutex<Shared>, p: Pending) -> serenity::Result<()> {
+async fn send_progress(
+    http: &Http,
+    metrics: &Metrics,
+    state: &Mutex<Shared>,
+    p: Pending,
+) -> serenity::Result<()> {
     let (start, note, had_preview) = {
         let s = state.lock().unwrap();
         (initial_target(&p.job, &s), s.note.clone(), s.has_preview)
@@ -234,6 +245,7 @@ async fn send_progress(http: &Http, state: &Mutex<Shared>, p: Pending) -> sereni
     };
     let sent = send_with_fallback(
         http,
+        metrics,
         &p.job,
         start,
         SendKind::Progress,
@@ -288,6 +300,7 @@ enum SendKind {
 /// channel; `Err` also says where the last attempt went.
 async fn send_with_fallback(
     http: &Http,
+    metrics: &Metrics,
     job: &JobRecord,
     start: Target,
     how: SendKind,
@@ -331,9 +344,15 @@ async fn send_with_fallback(
                 if target == Target::Interaction && token::classify(&e) == Failure::TokenDead =>
             {
                 tracing::info!(job = %job.id, "interaction token is dead; continuing in the channel");
+                let failure = DiscordFailure::from_serenity(&e);
+                metrics.discord_api_error(failure);
+                metrics.discord_api_retry(failure);
                 target = Target::Channel(job.origin.message_id);
             }
-            Err(e) => return Err((target, e)),
+            Err(e) => {
+                metrics.discord_api_error(DiscordFailure::from_serenity(&e));
+                return Err((target, e));
+            }
         }
     }
 }
@@ -457,6 +476,7 @@ impl DiscordNotifier {
             let file = CreateAttachment::bytes(fitted.bytes.clone(), video_name(job));
             let sent = send_with_fallback(
                 &self.http,
+                &self.options.metrics,
                 job,
                 start,
                 SendKind::Video,
@@ -491,6 +511,9 @@ impl DiscordNotifier {
             match token::classify(&error) {
                 Failure::TooLarge if refusals < self.options.max_refusals => {
                     refusals += 1;
+                    self.options
+                        .metrics
+                        .discord_api_retry(DiscordFailure::TooLarge);
                     tracing::info!(
                         job = %job.id,
                         bytes = fitted.bytes.len(),

@@ -21,6 +21,7 @@ pub struct LlmExpander {
     prompts: ExpandPrompts,
     tokenizer: Arc<ClipTokenizer>,
     cache: Mutex<ExpansionCache>,
+    metrics: crate::ops::Metrics,
 }
 
 impl std::fmt::Debug for LlmExpander {
@@ -62,7 +63,14 @@ impl LlmExpander {
             prompts,
             tokenizer,
             cache,
+            metrics: crate::ops::Metrics::new(),
         })
+    }
+
+    /// Counts fallbacks in `metrics` (the process's registry) rather than a private one.
+    pub fn with_metrics(mut self, metrics: crate::ops::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &ExpanderConfig {
@@ -93,6 +101,7 @@ impl LlmExpander {
                 let cause = e.to_string();
                 tracing::warn!(?kind, endpoint = %self.endpoint, cause = %cause,
                     "prompt expansion failed; using the original prompt");
+                self.metrics.llm_fallback(e.fallback_kind());
                 Expansion::Fallback {
                     reason_for_user: e.reason_for_user(),
                     cause_for_log: cause,
@@ -306,6 +315,22 @@ impl ExpandError {
             ExpandError::Connect(detail)
         } else {
             ExpandError::Request(detail)
+        }
+    }
+
+    fn fallback_kind(&self) -> crate::ops::LlmFallback {
+        use crate::ops::LlmFallback;
+        match self {
+            ExpandError::Timeout(_) => LlmFallback::Timeout,
+            ExpandError::Connect(_) | ExpandError::Request(_) => LlmFallback::Unreachable,
+            ExpandError::Status { .. } => LlmFallback::ErrorStatus,
+            ExpandError::EmptyPrompt
+            | ExpandError::BodyTooLarge
+            | ExpandError::Malformed(_)
+            | ExpandError::NoChoices(_)
+            | ExpandError::TooLong
+            | ExpandError::Empty
+            | ExpandError::Refusal(_) => LlmFallback::UnusableAnswer,
         }
     }
 

@@ -14,6 +14,7 @@ mod fake_payloads;
 mod faults;
 mod i2v;
 mod log_redaction;
+mod ops;
 mod restart;
 mod serve_binary;
 mod t2v;

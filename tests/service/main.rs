@@ -1,5 +1,6 @@
 //! The job's life without Discord: the job service and its queue, restart safety, LLM prompt
-//! expansion against a loopback fake, and the inference actor. One test binary, one link.
+//! expansion against a loopback fake, the inference actor, and the ops listener (metrics and
+//! health over HTTP). One test binary, one link.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -7,5 +8,6 @@ mod support;
 mod crafted_configs;
 mod engine_actor;
 mod expand_llm;
+mod ops;
 mod queue;
 mod restart;

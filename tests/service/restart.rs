@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::support::job_fakes::*;
+use super::support::test_pg::TestPg;
+use floor33::core::store::Location;
 use floor33::core::{
     JobId, JobRecord, JobService, JobState, JobUpdate, ServiceConfig, ShutdownMode,
 };
@@ -23,7 +25,23 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn start(dir: &Path, engine: &EngineHandle, notifier: &Arc<RecordingNotifier>) -> JobService {
+    start_at(
+        &Location::Sqlite(dir.join("floor33.db")),
+        dir,
+        engine,
+        notifier,
+    )
+    .await
+}
+
+async fn start_at(
+    database: &Location,
+    dir: &Path,
+    engine: &EngineHandle,
+    notifier: &Arc<RecordingNotifier>,
+) -> JobService {
     let mut config = ServiceConfig::new(dir.join("floor33.db"));
+    config.database = database.clone();
     config.defaults.default_variant = Variant::Tiny;
     config.defaults.member_waiting_limit = 10;
     config.preview_every = None;
@@ -57,12 +75,25 @@ fn starts(notifier: &RecordingNotifier, id: JobId) -> usize {
 #[test]
 fn a_job_interrupted_by_a_crash_runs_again_once_and_is_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
+    crash_mid_job_then_restart(&Location::Sqlite(dir.path().join("floor33.db")), dir.path());
+}
+
+#[test]
+fn on_postgres_a_job_interrupted_by_a_crash_runs_again_once_and_is_delivered_once() {
+    let Some(pg) = TestPg::create("crash mid-job") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    crash_mid_job_then_restart(&Location::Postgres(pg.url.clone()), dir.path());
+}
+
+fn crash_mid_job_then_restart(database: &Location, dir: &Path) {
     let engine = tiny_engine();
     let notifier = shared(RecordingNotifier::default());
 
     let first = runtime();
     let id = first.block_on(async {
-        let service = start(dir.path(), &engine, &notifier).await;
+        let service = start_at(database, dir, &engine, &notifier).await;
         let id = service
             .submit(tiny_spec("interrupted", 4), origin(1, 10))
             .await
@@ -76,7 +107,7 @@ fn a_job_interrupted_by_a_crash_runs_again_once_and_is_delivered_once() {
 
     let second = runtime();
     second.block_on(async {
-        let service = start(dir.path(), &engine, &notifier).await;
+        let service = start_at(database, dir, &engine, &notifier).await;
         wait_until(120, "delivery", || !notifier.delivered().is_empty()).await;
         wait_delivered_flag(&service, id).await;
         assert_eq!(stored(&service, id).await.state, JobState::Done);
@@ -87,7 +118,7 @@ fn a_job_interrupted_by_a_crash_runs_again_once_and_is_delivered_once() {
     // A third start finds nothing left to run or deliver.
     let third = runtime();
     third.block_on(async {
-        let service = start(dir.path(), &engine, &notifier).await;
+        let service = start_at(database, dir, &engine, &notifier).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(service.queue_view(Some(1)).running.is_none());
         service.shutdown(ShutdownMode::Finish).await;

@@ -6,4 +6,6 @@ pub mod fake_discord;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
+pub mod prometheus;
+pub mod test_pg;
 pub mod torch_zip;

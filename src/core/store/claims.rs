@@ -1,0 +1,125 @@
+//! Groundwork for GPU workers sharing one database: a worker claims the next waiting job in fair
+//! order, holds it under a lease that it renews while the job runs, and a lease that runs out
+//! (the worker died) puts the job back in the queue with its round, so it runs next elsewhere.
+//!
+//! Fair order is the scheduler's: `(round, id)`, rounds per member (see `core::scheduler`).
+//! On PostgreSQL the pick is `FOR UPDATE SKIP LOCKED`, so concurrent claimers each take a
+//! different row without waiting on each other; on SQLite the `IMMEDIATE` transaction's write
+//! lock serialises claimers, which is the single-process behaviour.
+
+use std::time::{Duration, SystemTime};
+
+use super::sql::{args, Dialect, Sql};
+use super::{quarantine, read_job, select_columns, Store, StoreError};
+use crate::core::jobs::{from_millis, to_millis, JobId, JobRecord};
+
+/// Who holds a running job, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub worker: String,
+    pub expires_at: SystemTime,
+}
+
+impl Store {
+    /// Takes the next waiting job for `worker`: it becomes `running` with a lease until
+    /// `now + ttl`. `None` when nothing waits. A row that no longer reads is quarantined (as
+    /// `recover` does) and the next one is taken.
+    pub fn claim_next(
+        &mut self,
+        worker: &str,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let expires = to_millis(now + ttl);
+        self.transaction(|db| loop {
+            let lock = match db.dialect() {
+                Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+                Dialect::Sqlite => "",
+            };
+            let claimed = db.query_opt(
+                &format!(
+                    "UPDATE jobs SET state = 'running', started_at = ?2, lease_owner = ?1,
+                            lease_expires_at = ?3
+                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued'
+                                 ORDER BY round, id LIMIT 1 {lock})
+                     RETURNING {}",
+                    select_columns()
+                ),
+                args![worker, to_millis(now), expires],
+            )?;
+            let Some(row) = claimed else {
+                return Ok(None);
+            };
+            match read_job(&row) {
+                Ok(job) => return Ok(Some(job)),
+                Err(e) => {
+                    let q = quarantine(db, &row, &e, to_millis(now))?;
+                    tracing::warn!(job = %q.id, reason = %q.reason, "quarantined an unreadable job");
+                }
+            }
+        })
+    }
+
+    /// Extends `worker`'s lease on a running job to `now + ttl`. `false` when the worker no
+    /// longer holds it (the lease ran out and was released, or the job ended): stop running it.
+    pub fn renew_lease(
+        &mut self,
+        id: JobId,
+        worker: &str,
+        now: SystemTime,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let n = self.with(|db| {
+            db.execute(
+                "UPDATE jobs SET lease_expires_at = ?3
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'
+                   AND lease_expires_at >= ?4",
+                args![id.0, worker, to_millis(now + ttl), to_millis(now)],
+            )
+        })?;
+        Ok(n == 1)
+    }
+
+    /// Running jobs whose lease ran out before `now` go back to waiting, keeping their round
+    /// (so their place at the head of the queue). Jobs run without a lease (a single process)
+    /// are left alone. Returns the released jobs.
+    pub fn release_expired_leases(&mut self, now: SystemTime) -> Result<Vec<JobId>, StoreError> {
+        self.transaction(|db| release_expired(db, to_millis(now)))
+    }
+
+    /// The lease on a job, if it has one.
+    pub fn lease(&self, id: JobId) -> Result<Option<Lease>, StoreError> {
+        self.with(|db| {
+            let Some(row) = db.query_opt(
+                "SELECT lease_owner, lease_expires_at FROM jobs WHERE id = ?1",
+                args![id.0],
+            )?
+            else {
+                return Err(StoreError::NoSuchJob(id));
+            };
+            Ok(match (row.opt_text(0)?, row.opt_int(1)?) {
+                (Some(worker), Some(at)) => Some(Lease {
+                    worker,
+                    expires_at: from_millis(at),
+                }),
+                _ => None,
+            })
+        })
+    }
+}
+
+fn release_expired(db: &mut dyn Sql, now: i64) -> Result<Vec<JobId>, StoreError> {
+    let mut ids = db
+        .query(
+            "UPDATE jobs SET state = 'queued', started_at = NULL, lease_owner = NULL,
+                    lease_expires_at = NULL
+             WHERE state = 'running' AND lease_expires_at < ?1
+             RETURNING id",
+            args![now],
+        )?
+        .iter()
+        .map(|r| r.int(0).map(JobId))
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort();
+    Ok(ids)
+}
