@@ -252,6 +252,24 @@ impl JobService {
         for job in recovered.undelivered.into_iter().chain(unrunnable) {
             inner.spawn_delivery(job);
         }
+        let lost: Vec<_> = recovered
+            .quarantined
+            .into_iter()
+            .filter_map(|q| Some((q.id, q.origin?)))
+            .collect();
+        if !lost.is_empty() {
+            let told = inner.clone();
+            inner.deliveries.lock().unwrap().spawn(async move {
+                for (id, origin) in lost {
+                    let reason = "it could not be resumed after a restart (its stored request is unreadable)";
+                    if told.notifier.job_lost(id, &origin, reason).await {
+                        if let Err(e) = told.store.call(move |s| s.mark_delivered(id, None)).await {
+                            tracing::warn!(job = %id, error = %e, "could not mark the notice delivered");
+                        }
+                    }
+                }
+            });
+        }
         let runner = tokio::spawn(run_loop(inner.clone()));
         *inner.runner.lock().unwrap() = Some(runner);
         Ok(JobService { inner })

@@ -303,3 +303,78 @@ fn a_queued_job_whose_model_is_gone_is_failed_and_its_member_told_at_start() {
         service.shutdown(ShutdownMode::Requeue).await;
     });
 }
+
+/// A job row whose spec no longer parses: the service starts, the other jobs run, the row is
+/// failed with the reason, and its member (the origin still reads) is told.
+#[test]
+fn an_unreadable_job_row_is_failed_and_its_member_told_while_the_rest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine();
+    let notifier = shared(RecordingNotifier::default());
+
+    let first = runtime();
+    let (busy, bad, good) = first.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let busy = service
+            .submit(tiny_spec("keeps the runner busy", 100), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(60, "the busy job to start", || {
+            notifier.reached_step(busy, 1)
+        })
+        .await;
+        let bad = service
+            .submit(tiny_spec("will be unreadable", 1), origin(1, 11))
+            .await
+            .unwrap()
+            .id;
+        let good = service
+            .submit(tiny_spec("still runs", 1), origin(1, 12))
+            .await
+            .unwrap()
+            .id;
+        (busy, bad, good)
+    });
+    first.shutdown_background();
+    let db = rusqlite::Connection::open(dir.path().join("floor33.db")).unwrap();
+    db.execute(
+        "UPDATE jobs SET spec = '{\"kind\": \"t2v\", broken' WHERE id = ?1",
+        [bad.0],
+    )
+    .unwrap();
+
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        wait_until(30, "the member told", || {
+            notifier
+                .lost
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(id, user, reason)| {
+                    *id == bad && *user == 11 && reason.contains("could not be resumed")
+                })
+        })
+        .await;
+        let author = floor33::core::Canceller {
+            user_id: 10,
+            guild_id: Some(1),
+            is_admin: false,
+        };
+        service.cancel(busy, author).await.unwrap();
+        wait_until(120, "the good job", || notifier.delivered().contains(&good)).await;
+        service.shutdown(ShutdownMode::Requeue).await;
+    });
+    let (state, error, delivered): (String, String, bool) = db
+        .query_row(
+            "SELECT state, error, delivered FROM jobs WHERE id = ?1",
+            [bad.0],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "failed");
+    assert!(error.contains("could not be read"), "{error}");
+    assert!(delivered, "the notice is recorded as given");
+}
