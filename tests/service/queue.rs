@@ -394,12 +394,9 @@ async fn prompt_expansion_runs_before_generation_and_is_stored() {
     service.shutdown(ShutdownMode::Finish).await;
 }
 
-/// Submits an expanding job whose expansion adds "gore" and waits for its delivery; true when
+/// Waits for `id` (an expanding job whose expansion adds "gore") to be delivered; true when
 /// the expansion was refused for a blocked word (the member's own prompt ran).
-async fn expansion_blocked(service: &JobService, notifier: &RecordingNotifier) -> bool {
-    let mut spec = tiny_spec("a quiet harbour", 1);
-    spec.expand = true;
-    let id = service.submit(spec, origin(1, 10)).await.unwrap().id;
+async fn expansion_blocked(notifier: &RecordingNotifier, id: floor33::core::JobId) -> bool {
     wait_until(120, "delivery", || notifier.delivered().contains(&id)).await;
     let blocked = notifier.has(
         id,
@@ -417,6 +414,29 @@ async fn expansion_blocked(service: &JobService, notifier: &RecordingNotifier) -
     blocked
 }
 
+/// Queues a long job for user 10 and waits until it runs, so the next job waits behind it.
+async fn occupy_runner(service: &JobService, notifier: &RecordingNotifier) -> floor33::core::JobId {
+    let busy = service
+        .submit(tiny_spec("keeps the runner busy", 100), origin(1, 10))
+        .await
+        .unwrap()
+        .id;
+    wait_until(60, "the busy job to start", || {
+        notifier.reached_step(busy, 1)
+    })
+    .await;
+    busy
+}
+
+fn expanding(prompt: &str) -> JobSpec {
+    JobSpec {
+        expand: true,
+        ..tiny_spec(prompt, 1)
+    }
+}
+
+/// The settings cache is empty when a waiting job is expanded after `/config set` (the set
+/// drops it) and after a restart (nothing read it yet): the server's list must still apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expanded_prompt_meets_the_servers_blocked_words_after_a_set_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,21 +456,41 @@ async fn an_expanded_prompt_meets_the_servers_blocked_words_after_a_set_and_a_re
     };
     let service = start_expanding().await.unwrap();
     // The operator's defaults block nothing: only the server's own list can catch "gore".
-    assert!(!expansion_blocked(&service, &notifier).await);
+    let free = service
+        .submit(expanding("a calm sea"), origin(1, 11))
+        .await
+        .unwrap()
+        .id;
+    assert!(!expansion_blocked(&notifier, free).await);
+
+    let busy = occupy_runner(&service, &notifier).await;
+    let waiting = service
+        .submit(expanding("a quiet harbour"), origin(1, 11))
+        .await
+        .unwrap()
+        .id;
     service
         .set_setting(1, 99, "blocked_words", "gore")
         .await
         .unwrap();
+    service.cancel(busy, user(10, 1)).await.unwrap();
     assert!(
-        expansion_blocked(&service, &notifier).await,
-        "right after /config set"
+        expansion_blocked(&notifier, waiting).await,
+        "a job waiting across /config set"
     );
-    service.shutdown(ShutdownMode::Finish).await;
 
+    let busy = occupy_runner(&service, &notifier).await;
+    let waiting = service
+        .submit(expanding("a misty pier"), origin(1, 12))
+        .await
+        .unwrap()
+        .id;
+    service.shutdown(ShutdownMode::Requeue).await;
     let again = start_expanding().await.unwrap();
+    again.cancel(busy, user(10, 1)).await.unwrap();
     assert!(
-        expansion_blocked(&again, &notifier).await,
-        "after a restart"
+        expansion_blocked(&notifier, waiting).await,
+        "a job recovered after a restart"
     );
     again.shutdown(ShutdownMode::Finish).await;
 }
