@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::image_input::ImageFit;
 use crate::models::config::Variant;
 
 /// A job's number: the database row id, so it is unique across restarts.
@@ -63,6 +64,10 @@ pub struct JobSpec {
     /// Output size override; `None` uses the model's default (tests use tiny shapes).
     #[serde(default)]
     pub shape: Option<VideoShape>,
+    /// How an image-to-video job's image is fitted to the frame; rows stored before the
+    /// option existed read as crop (what those jobs used).
+    #[serde(default)]
+    pub image_fit: ImageFit,
     /// The input image (PNG/JPEG/WebP bytes) of an image-to-video job. Stored apart from the
     /// spec (see the store), so it is skipped here.
     #[serde(skip)]
@@ -92,6 +97,7 @@ impl fmt::Debug for JobSpec {
             .field("fps", &self.fps)
             .field("expand", &self.expand)
             .field("shape", &self.shape)
+            .field("image_fit", &self.image_fit)
             .field(
                 "image",
                 &self.image.as_ref().map(|i| format!("{} bytes", i.len())),
@@ -357,6 +363,7 @@ mod tests {
             fps: 8,
             expand: true,
             shape: None,
+            image_fit: ImageFit::Stretch,
             image: Some(vec![1, 2, 3]),
         }
     }
@@ -375,6 +382,15 @@ mod tests {
         );
         // The stored expansion goes along, so `expand` holds even without an LLM now.
         assert!(new.expand);
+    }
+
+    #[test]
+    fn a_spec_stored_before_the_fit_option_reads_as_crop() {
+        let mut json = serde_json::to_value(stored()).unwrap();
+        assert_eq!(json["image_fit"], "stretch");
+        json.as_object_mut().unwrap().remove("image_fit");
+        let old: JobSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.image_fit, ImageFit::CentreCrop);
     }
 
     #[test]

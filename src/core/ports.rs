@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use thiserror::Error;
 
-use super::jobs::{JobKind, JobRecord};
+use super::jobs::{JobId, JobKind, JobRecord, Origin};
 
 /// A change in a job's life the member should see.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +109,12 @@ pub trait Notifier: Send + Sync + 'static {
     /// Sends a done job's video. `Ok` marks the job delivered.
     async fn deliver(&self, job: &JobRecord, video: DeliveredVideo)
         -> Result<Shown, DeliveryError>;
+    /// Tells the member of a stored job that could not be read back (only its origin could)
+    /// that it failed, with `reason`. `true` once told; a transport that cannot say so keeps
+    /// the default, and the reason stays in the operator's log and the job's row.
+    async fn job_lost(&self, _id: JobId, _origin: &Origin, _reason: &str) -> bool {
+        false
+    }
 }
 
 /// What the expander made of a prompt.

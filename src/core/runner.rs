@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 use super::jobs::{JobId, JobKind, JobRecord, JobState};
 use super::ports::{fallback_line, ExpandOutcome, JobUpdate, Shown};
 use super::service::{Inner, RunningJob, StopReason};
-use super::settings::GuildSettings;
 use super::submit::cancel_reason;
 use super::validate::request_for;
 use crate::engine::image_input::{decode_image, ImageLimits};
@@ -307,6 +306,10 @@ impl Inner {
         done.result_path = Some(path);
         done.steps_run = Some(generated.steps_run);
         done.prompt_truncated = generated.prompt_truncated;
+        if let Some(fit) = generated.image_fit {
+            // What the engine did is what the member is shown (and Re-roll repeats).
+            done.spec.image_fit = fit;
+        }
         done.finished_at = Some(SystemTime::now());
         Ending::Done(Box::new(done))
     }
@@ -331,7 +334,18 @@ impl Inner {
         };
         match outcome {
             ExpandOutcome::Expanded(text) if !text.trim().is_empty() => {
-                let settings = self.settings_of(job.origin.guild_id).await;
+                let settings = match self.settings(job.origin.guild_id).await {
+                    Ok(settings) => settings,
+                    Err(e) => {
+                        // Unchecked text never runs: the member's own (checked) prompt does.
+                        tracing::warn!(job = %job.id, error = %e, "settings unreadable, expansion dropped");
+                        let reason =
+                            fallback_line("could not be checked against this server's rules");
+                        self.update(job, JobUpdate::ExpansionSkipped { reason })
+                            .await;
+                        return None;
+                    }
+                };
                 if let Some(word) = settings.blocked_word_in(&text) {
                     // The member's own prompt passed the filter; the model's addition did not.
                     tracing::info!(job = %job.id, %word, "expanded prompt has a blocked word");
@@ -385,12 +399,6 @@ impl Inner {
         if let Some(run) = self.state.lock().unwrap().running.as_mut() {
             run.progress = Some((step, total));
         }
-    }
-
-    async fn settings_of(&self, guild: Option<u64>) -> GuildSettings {
-        guild
-            .and_then(|g| self.state.lock().unwrap().settings.get(&g).cloned())
-            .unwrap_or_else(|| self.config.defaults.clone())
     }
 
     /// A job update that cannot hold the runner for longer than `notify_timeout`.

@@ -87,6 +87,27 @@ impl Scheduler {
         limits: MemberLimits,
         now: SystemTime,
     ) -> Result<Reservation, Refusal> {
+        self.check(member, limits, now)?;
+        let previous_submit = self.last_submit.get(&member).copied();
+        let round =
+            self.next_round_of(member) + self.reserved.get(&member).copied().unwrap_or(0) as u64;
+        *self.reserved.entry(member).or_default() += 1;
+        self.last_submit.insert(member, now);
+        Ok(Reservation {
+            member,
+            round,
+            previous_submit,
+        })
+    }
+
+    /// Whether a new request of `member` would pass the queue cap, the member's waiting limit
+    /// and cooldown now, holding nothing (the cheap look before costly intake work).
+    pub fn check(
+        &self,
+        member: MemberId,
+        limits: MemberLimits,
+        now: SystemTime,
+    ) -> Result<(), Refusal> {
         let reserved_total: usize = self.reserved.values().sum();
         if self.queue.len() + reserved_total >= self.cap {
             return Err(Refusal::QueueFull { cap: self.cap });
@@ -107,15 +128,7 @@ impl Scheduler {
                 });
             }
         }
-        let round =
-            self.next_round_of(member) + self.reserved.get(&member).copied().unwrap_or(0) as u64;
-        *self.reserved.entry(member).or_default() += 1;
-        self.last_submit.insert(member, now);
-        Ok(Reservation {
-            member,
-            round,
-            previous_submit,
-        })
+        Ok(())
     }
 
     /// The request was stored as job `id`: it joins the queue. Returns its 1-based position.

@@ -27,7 +27,7 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::jobs::{JobId, JobKind, JobRecord};
+use super::jobs::{JobId, JobKind, JobRecord, JobState};
 use super::ports::{Notifier, PromptExpander};
 use super::runner::run_loop;
 use super::scheduler::Scheduler;
@@ -197,10 +197,32 @@ impl JobService {
         for q in &recovered.quarantined {
             tracing::warn!(job = %q.id, reason = %q.reason, "an unreadable job was marked failed");
         }
+        // A job whose model is no longer loaded can never run: it is failed with the reason
+        // (and its member told below) rather than left to wedge the queue or the start.
+        let loaded = engine.variants().to_vec();
+        let (runnable, orphaned): (Vec<JobRecord>, Vec<JobRecord>) = recovered
+            .queued
+            .into_iter()
+            .partition(|job| loaded.contains(&job.spec.variant));
+        let mut unrunnable = Vec::new();
+        for mut job in orphaned {
+            let reason = format!(
+                "your job could not be resumed after a restart: the model `{}` is no longer loaded on this bot",
+                job.spec.variant.name()
+            );
+            tracing::warn!(job = %job.id, variant = %job.spec.variant, "queued job's model not loaded, marked failed");
+            let (id, now, error) = (job.id, SystemTime::now(), reason.clone());
+            store
+                .call(move |s| s.mark_ended(id, JobState::Failed, now, &error))
+                .await?;
+            job.state = JobState::Failed;
+            job.error = Some(reason);
+            unrunnable.push(job);
+        }
         let mut scheduler = Scheduler::new(config.global_cap);
         scheduler.resume_from_round(last_round);
         let mut active = HashMap::new();
-        for job in recovered.queued {
+        for job in runnable {
             scheduler.restore(job.id, job.origin.user_id, job.round);
             config.metrics.job_queued(job.spec.variant);
             active.insert(job.id, job);
@@ -227,8 +249,26 @@ impl JobService {
             deliveries: Mutex::new(JoinSet::new()),
             started: std::time::Instant::now(),
         });
-        for job in recovered.undelivered {
+        for job in recovered.undelivered.into_iter().chain(unrunnable) {
             inner.spawn_delivery(job);
+        }
+        let lost: Vec<_> = recovered
+            .quarantined
+            .into_iter()
+            .filter_map(|q| Some((q.id, q.origin?)))
+            .collect();
+        if !lost.is_empty() {
+            let told = inner.clone();
+            inner.deliveries.lock().unwrap().spawn(async move {
+                for (id, origin) in lost {
+                    let reason = "it could not be resumed after a restart (its stored request is unreadable)";
+                    if told.notifier.job_lost(id, &origin, reason).await {
+                        if let Err(e) = told.store.call(move |s| s.mark_delivered(id, None)).await {
+                            tracing::warn!(job = %id, error = %e, "could not mark the notice delivered");
+                        }
+                    }
+                }
+            });
         }
         let runner = tokio::spawn(run_loop(inner.clone()));
         *inner.runner.lock().unwrap() = Some(runner);
@@ -282,30 +322,7 @@ impl JobService {
 
     /// The effective settings of a guild (the defaults for direct messages).
     pub async fn settings(&self, guild: Option<u64>) -> Result<GuildSettings, StoreError> {
-        let Some(guild) = guild else {
-            return Ok(self.inner.config.defaults.clone());
-        };
-        if let Some(s) = self.inner.state.lock().unwrap().settings.get(&guild) {
-            return Ok(s.clone());
-        }
-        let overrides = self
-            .inner
-            .store
-            .call(move |s| s.setting_overrides(guild))
-            .await?;
-        let settings = self
-            .inner
-            .config
-            .defaults
-            .clone()
-            .with_overrides(&overrides, &self.bounds());
-        self.inner
-            .state
-            .lock()
-            .unwrap()
-            .settings
-            .insert(guild, settings.clone());
-        Ok(settings)
+        self.inner.settings(guild).await
     }
 
     /// Every key with its value, default and whether the guild changed it.
@@ -397,10 +414,7 @@ impl JobService {
     }
 
     pub(super) fn bounds(&self) -> SettingsBounds {
-        SettingsBounds {
-            limits: self.inner.config.limits.clone(),
-            variants: self.inner.engine.variants().to_vec(),
-        }
+        self.inner.bounds()
     }
 
     /// Tries again every finished job whose delivery did not go through (e.g. after the
@@ -458,6 +472,38 @@ impl JobService {
             tracing::warn!("deliveries still in flight at shutdown were abandoned");
         }
         tracing::info!("job service stopped");
+    }
+}
+
+impl Inner {
+    /// The effective settings of a guild: the cache, else the store (so a change or a restart
+    /// is seen by every step that reads settings, the runner's moderation included).
+    pub(super) async fn settings(&self, guild: Option<u64>) -> Result<GuildSettings, StoreError> {
+        let Some(guild) = guild else {
+            return Ok(self.config.defaults.clone());
+        };
+        if let Some(s) = self.state.lock().unwrap().settings.get(&guild) {
+            return Ok(s.clone());
+        }
+        let overrides = self.store.call(move |s| s.setting_overrides(guild)).await?;
+        let settings = self
+            .config
+            .defaults
+            .clone()
+            .with_overrides(&overrides, &self.bounds());
+        self.state
+            .lock()
+            .unwrap()
+            .settings
+            .insert(guild, settings.clone());
+        Ok(settings)
+    }
+
+    fn bounds(&self) -> SettingsBounds {
+        SettingsBounds {
+            limits: self.config.limits.clone(),
+            variants: self.engine.variants().to_vec(),
+        }
     }
 }
 

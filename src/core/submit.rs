@@ -76,8 +76,30 @@ impl JobService {
             fps: s.fps,
             expand: s.expand_by_default,
             shape: None,
+            image_fit: Default::default(),
             image: None,
         })
+    }
+
+    /// The member's cheap limits (shutting down, queue cap, waiting limit, cooldown) as they
+    /// stand now, holding no place: an adapter asks before costly intake work (downloading
+    /// and decoding an image). `submit` checks them again.
+    pub async fn precheck(&self, origin: &Origin) -> Result<(), Refusal> {
+        if !self.inner.state.lock().unwrap().accepting {
+            return Err(Refusal::ShuttingDown);
+        }
+        let settings = self
+            .settings(origin.guild_id)
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let limits = MemberLimits {
+            max_waiting: settings.member_waiting_limit,
+            cooldown: Duration::from_secs(settings.cooldown_s),
+        };
+        let state = self.inner.state.lock().unwrap();
+        state
+            .scheduler
+            .check(origin.user_id, limits, SystemTime::now())
     }
 
     /// Validates, stores and queues a job, and tells the notifier its place. On `Ok` the job

@@ -116,6 +116,7 @@ pub(super) fn request_for(spec: &JobSpec, image: Option<Arc<RgbImage>>) -> Gener
     req.eta = spec.eta;
     req.fps = spec.fps;
     req.image = image;
+    req.image_fit = spec.image_fit;
     if let Some(shape) = spec.shape {
         req.height = shape.height;
         req.width = shape.width;
@@ -252,6 +253,7 @@ mod tests {
             fps: 8,
             expand: false,
             shape: None,
+            image_fit: Default::default(),
             image: None,
         }
     }

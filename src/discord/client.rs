@@ -59,6 +59,12 @@ fn patch_options(options: &mut Vec<Value>, variants: &[String], expand_available
                 .collect();
             option["choices"] = Value::Array(choices);
         }
+        if option.get("name").and_then(Value::as_str) == Some("fit") {
+            option["choices"] = serde_json::json!([
+                {"name": "crop", "value": "crop"},
+                {"name": "stretch", "value": "stretch"},
+            ]);
+        }
         // Subcommands carry their own options.
         if let Some(inner) = option.get_mut("options").and_then(Value::as_array_mut) {
             patch_options(inner, variants, expand_available);

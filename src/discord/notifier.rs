@@ -24,7 +24,7 @@ use super::deliver::{self, FittedVideo};
 use super::presenter::{self, ButtonStyle, Look, View, PREVIEW_NAME};
 use super::throttle::Throttled;
 use super::token::{self, Failure};
-use crate::core::jobs::{JobId, JobRecord};
+use crate::core::jobs::{JobId, JobRecord, Origin};
 use crate::core::{DeliveredVideo, DeliveryError, JobUpdate, Notifier, Shown};
 use crate::ops::{DiscordFailure, Metrics};
 
@@ -578,5 +578,26 @@ impl Notifier for DiscordNotifier {
             self.mark_finished(job.id);
         }
         result
+    }
+
+    async fn job_lost(&self, id: JobId, origin: &Origin, reason: &str) -> bool {
+        // A new channel message: the interaction token is likely dead after a restart.
+        let text = format!(
+            "<@{}> Your video job {id} failed: {reason}.",
+            origin.user_id
+        );
+        let message = CreateMessage::new()
+            .content(text)
+            .allowed_mentions(CreateAllowedMentions::new().users([UserId::new(origin.user_id)]));
+        match ChannelId::new(origin.channel_id)
+            .send_message(&self.http, message)
+            .await
+        {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not tell the member of a lost job");
+                false
+            }
+        }
     }
 }

@@ -2,7 +2,6 @@
 //! the buttons of the one message a job lives in. Unit tests pin the wording and Discord's
 //! size limits here; the adapter only turns a [`View`] into a request.
 
-use crate::engine::image_input::ImageFit;
 use std::time::Duration;
 
 use crate::core::jobs::{JobId, JobKind, JobRecord};
@@ -231,8 +230,7 @@ fn embed(job: &JobRecord, update: &JobUpdate, preview: bool) -> Embed {
     fields.push(field("FPS", &spec.fps.to_string(), true));
     fields.push(field("Variant", spec.variant.name(), true));
     if spec.kind == JobKind::ImageToVideo {
-        // Jobs use the engine's default fit (the service sets no other).
-        fields.push(field("Image fit", ImageFit::default().name(), true));
+        fields.push(field("Image fit", spec.image_fit.name(), true));
     }
     if let JobUpdate::Done { generation } = update {
         fields.push(field(
@@ -338,6 +336,7 @@ mod tests {
                 fps: 28,
                 expand: false,
                 shape: None,
+                image_fit: Default::default(),
                 image: None,
             },
             origin: Origin {

@@ -36,12 +36,15 @@ impl Default for ImageLimits {
     }
 }
 
-/// How an image is fitted to the model's frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How an image is fitted to the model's frame. Stored in job specs as `crop` / `stretch`,
+/// the words `generate --fit` and `/i2v fit:` take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ImageFit {
     /// Crop the centre to the frame's aspect ratio, then resize (keeps proportions).
     #[default]
+    #[serde(rename = "crop")]
     CentreCrop,
+    #[serde(rename = "stretch")]
     /// Resize to the frame, distorting the aspect ratio (what the original script does).
     Stretch,
 }
@@ -51,6 +54,15 @@ impl ImageFit {
         match self {
             ImageFit::CentreCrop => "centre-crop",
             ImageFit::Stretch => "stretch",
+        }
+    }
+
+    /// The option word (`crop` or `stretch`), as `generate --fit` and `/i2v fit:` take it.
+    pub fn parse(word: &str) -> Option<ImageFit> {
+        match word {
+            "crop" => Some(ImageFit::CentreCrop),
+            "stretch" => Some(ImageFit::Stretch),
+            _ => None,
         }
     }
 }

@@ -52,7 +52,18 @@ async fn i2v_refuses_bad_images_clearly_and_downloads_good_ones() {
     init_logs();
     let fake = FakeDiscord::start().await;
     let dir = Scratch::new("i2v");
+
+    // This bot loads no image-to-video model: it says so without downloading anything.
     let bot = start_bot(&fake, service_config(&dir.0), bot_options(&fake)).await;
+    let good = png(64, 40);
+    let token = i2v(&fake, "good.png", "image/png", good.len() as u64, good);
+    let text = wait_refusal(&fake, &token).await;
+    assert!(text.contains("Image-to-video is not available"), "{text}");
+    assert_eq!(cdn_hits(&fake, "good.png"), 0);
+    stop(bot).await;
+
+    let engine = engine_with(&[Variant::Tiny, Variant::TinyI2v]);
+    let bot = start_bot_on(&fake, service_config(&dir.0), bot_options(&fake), engine).await;
 
     // A text file: refused from its declared type, never downloaded.
     let token = i2v(
@@ -101,12 +112,11 @@ async fn i2v_refuses_bad_images_clearly_and_downloads_good_ones() {
     );
     assert_eq!(cdn_hits(&fake, "broken.png"), 1);
 
-    // A good image is downloaded; this bot loads no image-to-video model, and says so.
+    // A good image is downloaded once and animated.
     let good = png(64, 40);
-    let token = i2v(&fake, "good.png", "image/png", good.len() as u64, good);
-    let text = wait_refusal(&fake, &token).await;
-    assert!(text.contains("Image-to-video is not available"), "{text}");
-    assert_eq!(cdn_hits(&fake, "good.png"), 1);
+    let token = i2v(&fake, "good2.png", "image/png", good.len() as u64, good);
+    wait_video(&fake, &token, Duration::from_secs(120)).await;
+    assert_eq!(cdn_hits(&fake, "good2.png"), 1);
     stop(bot).await;
 }
 
@@ -241,5 +251,118 @@ async fn i2v_generates_and_its_buttons_reuse_the_stored_image() {
     assert_eq!(embed_field(body, "Seed").as_deref(), Some("5"));
     assert_eq!(probe_posted(&dir.0, &video), (4, 48, 32));
     assert_eq!(cdn_hits(&fake, "cat.png"), 1, "one download in all");
+    stop(bot).await;
+}
+
+/// Sends `/i2v` on `name` (served by the fake CDN) with extra options; returns the token.
+fn i2v_with(
+    fake: &FakeDiscord,
+    name: &str,
+    image: Vec<u8>,
+    extra: Vec<serde_json::Value>,
+) -> String {
+    let declared = image.len() as u64;
+    let url = fake.serve_cdn(name, "image/png", image);
+    let att_id = snowflake();
+    let mut options = vec![
+        attachment_option("image", att_id),
+        option("prompt", json!("the tide rolls in")),
+    ];
+    options.extend(extra);
+    let mut spec = CommandSpec::new("i2v", options);
+    spec.attachments = vec![attachment(att_id, name, "image/png", declared, &url)];
+    fake.send_command(&spec).0
+}
+
+/// `fit:stretch` is what runs and what is shown; it changes the frames (a wide image, so a
+/// centre crop and a stretch see different pixels), and the same choice repeats exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn i2v_fit_stretch_is_shown_and_changes_the_output() {
+    init_logs();
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("i2v-fit");
+    let engine = engine_with(&[Variant::Tiny, Variant::TinyI2v]);
+    let bot = start_bot_on(&fake, service_config(&dir.0), bot_options(&fake), engine).await;
+    let wide = png(120, 30);
+    let run = |name: &str, fit: Option<&str>| {
+        let mut extra = vec![option("seed", json!(5)), option("steps", json!(2))];
+        if let Some(fit) = fit {
+            extra.push(option("fit", json!(fit)));
+        }
+        i2v_with(&fake, name, wide.clone(), extra)
+    };
+    let mut mp4s = Vec::new();
+    for (name, fit, shown) in [
+        ("s1.png", Some("stretch"), "stretch"),
+        ("c1.png", None, "centre-crop"),
+        ("s2.png", Some("stretch"), "stretch"),
+    ] {
+        let token = run(name, fit);
+        let done = wait_video(&fake, &token, Duration::from_secs(120)).await;
+        let body = done.json.as_ref().unwrap();
+        assert_eq!(
+            embed_field(body, "Image fit").as_deref(),
+            Some(shown),
+            "{name}"
+        );
+        assert_eq!(probe_posted(&dir.0, &done), (4, 48, 32));
+        let mp4 = done
+            .files
+            .iter()
+            .find(|f| f.filename.ends_with(".mp4"))
+            .unwrap();
+        mp4s.push(mp4.bytes.clone());
+    }
+    assert_ne!(mp4s[0], mp4s[1], "stretch and crop gave the same video");
+    assert_eq!(mp4s[0], mp4s[2], "the same stretch run twice differs");
+
+    // Re-roll keeps the stretch.
+    let token = run("s3.png", Some("stretch"));
+    wait_video(&fake, &token, Duration::from_secs(120)).await;
+    let message = fake.original(&token).unwrap();
+    let (reroll, _) = fake.click(
+        &button_id(&message, "v1:reroll:"),
+        &message,
+        &Invoker::member(),
+    );
+    let video = wait_video(&fake, &reroll, Duration::from_secs(120)).await;
+    let body = video.json.as_ref().unwrap();
+    assert_eq!(embed_field(body, "Image fit").as_deref(), Some("stretch"));
+
+    let token = run("bad-fit.png", Some("squash"));
+    let text = wait_refusal(&fake, &token).await;
+    assert!(text.contains("crop") && text.contains("squash"), "{text}");
+    assert_eq!(cdn_hits(&fake, "bad-fit.png"), 0);
+    stop(bot).await;
+}
+
+/// A member in cooldown hears so at once; the image is never fetched from the CDN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn i2v_in_cooldown_is_refused_before_the_image_is_fetched() {
+    init_logs();
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("i2v-cooldown");
+    let mut config = service_config(&dir.0);
+    config.defaults.cooldown_s = 600;
+    let engine = engine_with(&[Variant::Tiny, Variant::TinyI2v]);
+    let bot = start_bot_on(&fake, config, bot_options(&fake), engine).await;
+
+    let first = i2v_with(
+        &fake,
+        "first.png",
+        png(64, 40),
+        vec![option("steps", json!(1))],
+    );
+    wait_video(&fake, &first, Duration::from_secs(120)).await;
+    assert_eq!(cdn_hits(&fake, "first.png"), 1);
+
+    let second = i2v_with(&fake, "second.png", png(64, 40), vec![]);
+    let text = wait_refusal(&fake, &second).await;
+    assert!(text.contains("cooldown") || text.contains("wait"), "{text}");
+    assert_eq!(
+        cdn_hits(&fake, "second.png"),
+        0,
+        "fetched despite the cooldown"
+    );
     stop(bot).await;
 }

@@ -146,3 +146,46 @@ fn assert_decodes(dir: &std::path::Path, name: &str, delivered: &Recorded) {
     assert_eq!(frames.len(), 16, "{name}");
     assert!(frames.iter().all(|f| f.dimensions() == (48, 32)), "{name}");
 }
+
+/// A database that cannot be opened (here a file that is not SQLite) is reported and the
+/// process exits before anything talks to Discord.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_database_is_reported_before_discord_is_contacted() {
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("serve-bad-db");
+    let db = dir.0.join("floor33.db");
+    std::fs::write(&db, vec![0x5a; 4096]).unwrap();
+    let config = dir.0.join("floor33.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[engine]\ndevice = \"cpu\"\ndtype = \"f32\"\n[[engine.variants]]\nname = \"tiny\"\n\n\
+             [defaults]\ndefault_variant = \"tiny\"\n[database]\npath = \"{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let api_base = format!("{}/api/v10", fake.api_base());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_floor33"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("DISCORD_TOKEN", "binary-token")
+            .env("FLOOR33_DISCORD_API_BASE", api_base)
+            .env("NO_PROXY", "127.0.0.1")
+            .output()
+            .unwrap()
+    });
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("serve exits on a bad database")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("floor33.db") || stderr.to_lowercase().contains("database"),
+        "{stderr}"
+    );
+    assert!(fake.identifies().is_empty(), "the gateway was reached");
+    assert!(fake.requests().is_empty(), "Discord's API was called");
+}

@@ -394,6 +394,107 @@ async fn prompt_expansion_runs_before_generation_and_is_stored() {
     service.shutdown(ShutdownMode::Finish).await;
 }
 
+/// Waits for `id` (an expanding job whose expansion adds "gore") to be delivered; true when
+/// the expansion was refused for a blocked word (the member's own prompt ran).
+async fn expansion_blocked(notifier: &RecordingNotifier, id: floor33::core::JobId) -> bool {
+    wait_until(120, "delivery", || notifier.delivered().contains(&id)).await;
+    let blocked = notifier.has(
+        id,
+        |u| matches!(u, JobUpdate::ExpansionSkipped { reason } if reason.contains("blocks")),
+    );
+    let ran = notifier
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(j, _)| *j == id)
+        .map(|(_, v)| v.prompt.clone())
+        .unwrap();
+    assert_eq!(ran.contains("gore"), !blocked, "ran with: {ran}");
+    blocked
+}
+
+/// Queues a long job for user 10 and waits until it runs, so the next job waits behind it.
+async fn occupy_runner(service: &JobService, notifier: &RecordingNotifier) -> floor33::core::JobId {
+    let busy = service
+        .submit(tiny_spec("keeps the runner busy", 100), origin(1, 10))
+        .await
+        .unwrap()
+        .id;
+    wait_until(60, "the busy job to start", || {
+        notifier.reached_step(busy, 1)
+    })
+    .await;
+    busy
+}
+
+fn expanding(prompt: &str) -> JobSpec {
+    JobSpec {
+        expand: true,
+        ..tiny_spec(prompt, 1)
+    }
+}
+
+/// The settings cache is empty when a waiting job is expanded after `/config set` (the set
+/// drops it) and after a restart (nothing read it yet): the server's list must still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expanded_prompt_meets_the_servers_blocked_words_after_a_set_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let expander = Arc::new(SuffixExpander {
+        suffix: "gore everywhere".into(),
+        ..Default::default()
+    });
+    let engine = tiny_engine();
+    let start_expanding = || {
+        JobService::start(
+            config(dir.path()),
+            engine.clone(),
+            notifier.clone(),
+            Some(expander.clone()),
+        )
+    };
+    let service = start_expanding().await.unwrap();
+    // The operator's defaults block nothing: only the server's own list can catch "gore".
+    let free = service
+        .submit(expanding("a calm sea"), origin(1, 11))
+        .await
+        .unwrap()
+        .id;
+    assert!(!expansion_blocked(&notifier, free).await);
+
+    let busy = occupy_runner(&service, &notifier).await;
+    let waiting = service
+        .submit(expanding("a quiet harbour"), origin(1, 11))
+        .await
+        .unwrap()
+        .id;
+    service
+        .set_setting(1, 99, "blocked_words", "gore")
+        .await
+        .unwrap();
+    service.cancel(busy, user(10, 1)).await.unwrap();
+    assert!(
+        expansion_blocked(&notifier, waiting).await,
+        "a job waiting across /config set"
+    );
+
+    let busy = occupy_runner(&service, &notifier).await;
+    let waiting = service
+        .submit(expanding("a misty pier"), origin(1, 12))
+        .await
+        .unwrap()
+        .id;
+    service.shutdown(ShutdownMode::Requeue).await;
+    let again = start_expanding().await.unwrap();
+    again.cancel(busy, user(10, 1)).await.unwrap();
+    assert!(
+        expansion_blocked(&notifier, waiting).await,
+        "a job recovered after a restart"
+    );
+    again.shutdown(ShutdownMode::Finish).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_to_video_job_runs_from_the_stored_image() {
     let dir = tempfile::tempdir().unwrap();

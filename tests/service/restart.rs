@@ -217,3 +217,164 @@ fn graceful_shutdown_requeues_the_running_job_at_the_head_and_keeps_the_order() 
     });
     assert_eq!(notifier.delivered(), [vec![running], waiting].concat());
 }
+
+/// A queued job whose model is no longer loaded after a restart: the service still starts, the
+/// other jobs run, that one is failed with the reason and its member is told.
+#[test]
+fn a_queued_job_whose_model_is_gone_is_failed_and_its_member_told_at_start() {
+    use floor33::core::{JobKind, JobSpec};
+    use floor33::engine::{Limits, Pipeline};
+    use floor33::models::config::ModelConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_fn(60, 40, |x, y| image::Rgb([x as u8 * 4, y as u8 * 6, 200]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+
+    let first = runtime();
+    let (busy, orphan, behind) = first.block_on(async {
+        let service = start(dir.path(), &tiny_engine(), &notifier).await;
+        let busy = service
+            .submit(tiny_spec("keeps the runner busy", 100), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(60, "the busy job to start", || {
+            notifier.reached_step(busy, 1)
+        })
+        .await;
+        let i2v = JobSpec {
+            kind: JobKind::ImageToVideo,
+            variant: Variant::TinyI2v,
+            image: Some(png.into_inner()),
+            ..tiny_spec("the clouds drift", 1)
+        };
+        let orphan = service.submit(i2v, origin(1, 11)).await.unwrap().id;
+        let behind = service
+            .submit(tiny_spec("still runs", 1), origin(1, 12))
+            .await
+            .unwrap()
+            .id;
+        (busy, orphan, behind)
+    });
+    first.shutdown_background();
+
+    // The operator dropped the image-to-video model.
+    let text_only = EngineHandle::spawn(
+        || {
+            Ok(vec![Pipeline::random(
+                ModelConfig::tiny(),
+                &candle_core::Device::Cpu,
+                candle_core::DType::F32,
+            )?])
+        },
+        Limits::default(),
+    )
+    .unwrap();
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &text_only, &notifier).await;
+        let job = stored(&service, orphan).await;
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("tiny-i2v") && error.contains("no longer loaded"),
+            "{error}"
+        );
+        wait_until(30, "the member told", || {
+            notifier.has(orphan, |u| {
+                matches!(u, JobUpdate::Failed { error } if error.contains("could not be resumed"))
+            })
+        })
+        .await;
+        wait_delivered_flag(&service, orphan).await;
+        let author = floor33::core::Canceller {
+            user_id: 10,
+            guild_id: Some(1),
+            is_admin: false,
+        };
+        service.cancel(busy, author).await.unwrap();
+        wait_until(120, "the other job", || {
+            notifier.delivered().contains(&behind)
+        })
+        .await;
+        service.shutdown(ShutdownMode::Requeue).await;
+    });
+}
+
+/// A job row whose spec no longer parses: the service starts, the other jobs run, the row is
+/// failed with the reason, and its member (the origin still reads) is told.
+#[test]
+fn an_unreadable_job_row_is_failed_and_its_member_told_while_the_rest_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = tiny_engine();
+    let notifier = shared(RecordingNotifier::default());
+
+    let first = runtime();
+    let (busy, bad, good) = first.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        let busy = service
+            .submit(tiny_spec("keeps the runner busy", 100), origin(1, 10))
+            .await
+            .unwrap()
+            .id;
+        wait_until(60, "the busy job to start", || {
+            notifier.reached_step(busy, 1)
+        })
+        .await;
+        let bad = service
+            .submit(tiny_spec("will be unreadable", 1), origin(1, 11))
+            .await
+            .unwrap()
+            .id;
+        let good = service
+            .submit(tiny_spec("still runs", 1), origin(1, 12))
+            .await
+            .unwrap()
+            .id;
+        (busy, bad, good)
+    });
+    first.shutdown_background();
+    let db = rusqlite::Connection::open(dir.path().join("floor33.db")).unwrap();
+    db.execute(
+        "UPDATE jobs SET spec = '{\"kind\": \"t2v\", broken' WHERE id = ?1",
+        [bad.0],
+    )
+    .unwrap();
+
+    let second = runtime();
+    second.block_on(async {
+        let service = start(dir.path(), &engine, &notifier).await;
+        wait_until(30, "the member told", || {
+            notifier
+                .lost
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(id, user, reason)| {
+                    *id == bad && *user == 11 && reason.contains("could not be resumed")
+                })
+        })
+        .await;
+        let author = floor33::core::Canceller {
+            user_id: 10,
+            guild_id: Some(1),
+            is_admin: false,
+        };
+        service.cancel(busy, author).await.unwrap();
+        wait_until(120, "the good job", || notifier.delivered().contains(&good)).await;
+        service.shutdown(ShutdownMode::Requeue).await;
+    });
+    let (state, error, delivered): (String, String, bool) = db
+        .query_row(
+            "SELECT state, error, delivered FROM jobs WHERE id = ?1",
+            [bad.0],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(state, "failed");
+    assert!(error.contains("could not be read"), "{error}");
+    assert!(delivered, "the notice is recorded as given");
+}

@@ -21,6 +21,8 @@ pub struct RecordingNotifier {
     pub deliveries: Mutex<Vec<(JobId, DeliveredVideo)>>,
     /// Deliveries still to fail with a transient error.
     pub fail_next: AtomicUsize,
+    /// Jobs whose stored row could not be read, as members were told: (job, user, reason).
+    pub lost: Mutex<Vec<(JobId, u64, String)>>,
 }
 
 #[async_trait]
@@ -44,6 +46,14 @@ impl Notifier for RecordingNotifier {
         }
         self.deliveries.lock().unwrap().push((job.id, video));
         Ok(Shown::default())
+    }
+
+    async fn job_lost(&self, id: JobId, origin: &Origin, reason: &str) -> bool {
+        self.lost
+            .lock()
+            .unwrap()
+            .push((id, origin.user_id, reason.to_string()));
+        true
     }
 }
 
@@ -138,6 +148,7 @@ pub fn tiny_spec(prompt: &str, steps: usize) -> JobSpec {
             width: 48,
             frames: 4,
         }),
+        image_fit: Default::default(),
         image: None,
     }
 }

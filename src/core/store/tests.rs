@@ -32,6 +32,7 @@ pub(crate) fn spec(prompt: &str) -> JobSpec {
             width: 48,
             frames: 4,
         }),
+        image_fit: Default::default(),
         image: None,
     }
 }

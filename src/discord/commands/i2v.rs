@@ -6,6 +6,7 @@ use crate::core::jobs::JobKind;
 use crate::core::validate::RequestOptions;
 use crate::discord::context::{Context, Error};
 use crate::discord::download::{self, AttachmentMeta};
+use crate::engine::image_input::ImageFit;
 
 /// Animate an image, guided by a text prompt.
 #[allow(clippy::too_many_arguments)]
@@ -41,6 +42,8 @@ pub async fn i2v(
     fps: Option<u32>,
     #[description = "Model to use"] variant: Option<String>,
     #[description = "Let a language model enrich the prompt first"] expand: Option<bool>,
+    #[description = "How the image meets the frame: crop (keeps proportions) or stretch"]
+    fit: Option<String>,
 ) -> Result<(), Error> {
     let Context::Application(actx) = ctx else {
         return Ok(());
@@ -49,21 +52,6 @@ pub async fn i2v(
     let inv = Invocation::from_command(actx.interaction);
     let data = ctx.data();
     let http = ctx.serenity_context().http.clone();
-
-    let meta = AttachmentMeta {
-        filename: image.filename.clone(),
-        content_type: image.content_type.clone(),
-        size: u64::from(image.size),
-        url: image.url.clone(),
-    };
-    let downloaded = match download::fetch_image(&data.downloader, &meta, &data.download).await {
-        Ok(img) => img,
-        Err(e) => {
-            tracing::info!(filename = %meta.filename, error = ?e, "input image refused");
-            refuse_deferred(&http, &inv, &e.to_string()).await;
-            return Ok(());
-        }
-    };
 
     let options = RequestOptions {
         negative,
@@ -79,6 +67,34 @@ pub async fn i2v(
         spec_from_options(&http, data, &inv, JobKind::ImageToVideo, prompt, &options).await
     else {
         return Ok(());
+    };
+    if let Some(word) = fit {
+        let Some(image_fit) = ImageFit::parse(&word) else {
+            let text = format!("`fit` is `crop` or `stretch`, not `{word}`.");
+            refuse_deferred(&http, &inv, &text).await;
+            return Ok(());
+        };
+        spec.image_fit = image_fit;
+    }
+    // The cheap limits first: a member in cooldown or over a limit costs no download.
+    if let Err(refusal) = data.service.precheck(&inv.origin()).await {
+        refuse_deferred(&http, &inv, &refusal.to_string()).await;
+        return Ok(());
+    }
+
+    let meta = AttachmentMeta {
+        filename: image.filename.clone(),
+        content_type: image.content_type.clone(),
+        size: u64::from(image.size),
+        url: image.url.clone(),
+    };
+    let downloaded = match download::fetch_image(&data.downloader, &meta, &data.download).await {
+        Ok(img) => img,
+        Err(e) => {
+            tracing::info!(filename = %meta.filename, error = ?e, "input image refused");
+            refuse_deferred(&http, &inv, &e.to_string()).await;
+            return Ok(());
+        }
     };
     tracing::info!(
         bytes = downloaded.bytes.len(),

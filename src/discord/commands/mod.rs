@@ -80,7 +80,7 @@ impl Invocation {
         invocation_from!(i, format!("modal {}", i.data.custom_id))
     }
 
-    fn origin(&self) -> Origin {
+    pub(crate) fn origin(&self) -> Origin {
         Origin {
             guild_id: self.guild_id,
             channel_id: self.channel_id,
