@@ -18,6 +18,7 @@
 //! The core imports no adapter and no configuration file type: the operator's configuration
 //! converts into [`ServiceConfig`], and adapters plug in through the ports.
 
+pub mod cluster;
 pub mod delivery;
 pub mod jobs;
 pub mod ports;
