@@ -15,5 +15,6 @@ mod faults;
 mod i2v;
 mod log_redaction;
 mod restart;
+mod roles;
 mod serve_binary;
 mod t2v;

@@ -6,4 +6,5 @@ pub mod fake_discord;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
+pub mod pg;
 pub mod torch_zip;
