@@ -28,6 +28,8 @@ pub(crate) mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 
 use std::cell::RefCell;
 use std::fmt;
