@@ -263,9 +263,9 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
         .position(|c| holder.ends_with(&format!("-{}", c.id())))
         .expect("the holder is one of our workers");
     assert_ne!(victim, 0, "the gateway runs no job");
-    kill(&procs.0[victim], "-KILL");
-    let _ = procs.0[victim].wait();
-    procs.0.remove(victim);
+    let mut dead = procs.0.remove(victim);
+    kill(&dead, "-KILL");
+    let _ = dead.wait();
     wait_video(&fake, &token, Duration::from_secs(300)).await;
     let after = rows(&pg).into_iter().find(|j| j.token == token).unwrap();
     assert_eq!(after.state, "done");
@@ -321,4 +321,50 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
         assert!(status.success(), "{status:?}");
     }
     procs.0.clear();
+}
+
+/// A role its configuration cannot serve stops before Discord is contacted, with a line that
+/// names the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_its_database_is_refused_before_discord_is_contacted() {
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("roles-bad");
+    let sqlite = dir.0.join("sqlite.toml");
+    std::fs::write(
+        &sqlite,
+        format!(
+            "[database]\npath = \"{}\"\n",
+            dir.0.join("floor33.db").display()
+        ),
+    )
+    .unwrap();
+    let unreachable = dir.0.join("unreachable.toml");
+    std::fs::write(
+        &unreachable,
+        "[database]\nurl = \"postgres://floor33:hunter2@127.0.0.1:9/floor33?connect_timeout=2\"\n",
+    )
+    .unwrap();
+    let cases = [
+        (&sqlite, "gateway", "PostgreSQL"),
+        (&sqlite, "worker", "PostgreSQL"),
+        (&sqlite, "gpu", "unknown role \"gpu\""),
+        (&unreachable, "gateway", "cannot connect to the database"),
+        (&unreachable, "worker", "cannot connect to the database"),
+    ];
+    for (config, role, expected) in cases {
+        let log = dir.0.join(format!("{role}.log"));
+        let status = spawn_role(&fake, config, role, &log).wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!status.success(), "{role}: {text}");
+        assert!(
+            text.contains(expected),
+            "{role}: expected {expected:?} in {text}"
+        );
+        assert!(!text.contains("hunter2"), "the password stays out: {text}");
+    }
+    assert!(
+        fake.requests().is_empty() && fake.identifies().is_empty(),
+        "Discord was contacted: {}",
+        fake.dump()
+    );
 }
