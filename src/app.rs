@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{Context, Result};
 
 use crate::config::Config;
+use crate::core::cluster::Role;
 use crate::core::{JobService, PromptExpander, ServiceConfig, ShutdownMode, StoreHandle};
 use crate::discord::notifier::NotifierOptions;
 use crate::discord::{proxy_base, BotOptions, RunningBot};
@@ -68,9 +69,24 @@ impl App {
     }
 }
 
-/// `floor33 serve`: runs until SIGINT/SIGTERM (or until the gateway ends), then shuts down
+mod roles;
+
+pub use roles::{check_role, ServeOptions};
+
+/// `floor33 serve --role …`: the role's configuration is checked first, then the role runs
+/// until SIGINT/SIGTERM. `all` is the single process of [`serve_all`].
+pub async fn serve(config: Config, token: String, options: ServeOptions) -> Result<()> {
+    check_role(&config, &options)?;
+    match options.role {
+        Role::All => serve_all(config, token).await,
+        Role::Gateway => roles::serve_gateway(config, token).await,
+        Role::Worker => roles::serve_worker(config, token, options).await,
+    }
+}
+
+/// The single process: runs until SIGINT/SIGTERM (or until the gateway ends), then shuts down
 /// with the running job put back in the queue.
-pub async fn serve(config: Config, token: String) -> Result<()> {
+pub async fn serve_all(config: Config, token: String) -> Result<()> {
     let metrics = Metrics::new();
     let startup = Startup::default();
     // Up before the models load: /healthz answers at once, /readyz says what is missing.
@@ -150,7 +166,7 @@ impl Startup {
     }
 }
 
-fn spawn_engine(config: &Config) -> Result<EngineHandle> {
+pub(crate) fn spawn_engine(config: &Config) -> Result<EngineHandle> {
     let device = select_device(&config.engine.device)?;
     let dtype = select_dtype(&config.engine.dtype, &device)?;
     let wanted: Vec<(Variant, Vec<PathBuf>)> = config
@@ -180,7 +196,7 @@ fn spawn_engine(config: &Config) -> Result<EngineHandle> {
 }
 
 /// The LLM prompt expander when `[llm] base_url` is configured.
-fn prompt_expander(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn PromptExpander>>> {
+pub(crate) fn prompt_expander(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn PromptExpander>>> {
     let Some(cfg) = ExpanderConfig::from_llm_config(config)? else {
         return Ok(None);
     };
@@ -190,7 +206,7 @@ fn prompt_expander(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn 
     Ok(Some(Arc::new(expander)))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

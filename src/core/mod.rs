@@ -14,10 +14,13 @@
 //! The state and its rules: [`jobs`] (what a job is; Re-roll and Remix derive from a stored
 //! job here), [`scheduler`] (the fair queue), [`settings`] (per-guild settings), [`store`]
 //! (the database), [`service`] (the [`JobService`] handle: start, shutdown, settings).
+//! [`cluster`] is the same life split over processes sharing PostgreSQL: a gateway that stores
+//! jobs and workers that claim, run and deliver them.
 //!
 //! The core imports no adapter and no configuration file type: the operator's configuration
 //! converts into [`ServiceConfig`], and adapters plug in through the ports.
 
+pub mod cluster;
 pub mod delivery;
 pub mod jobs;
 pub mod ports;

@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 use super::jobs::{JobId, JobKind, JobRecord, JobState};
 use super::ports::{fallback_line, ExpandOutcome, JobUpdate, Shown};
 use super::service::{Inner, RunningJob, StopReason};
+use super::settings::GuildSettings;
+use super::store::StoreError;
 use super::submit::cancel_reason;
 use super::validate::request_for;
 use crate::engine::image_input::{decode_image, ImageLimits};
@@ -121,6 +123,16 @@ impl Inner {
             }
             Ending::Requeue => self.store.call(move |s| s.mark_queued(id)).await,
         };
+        if let Err(StoreError::LeaseLost(_)) = stored {
+            // Another worker took the job over (ours stalled past its lease): it alone ends
+            // and delivers it.
+            tracing::warn!(job = %id, "lease lost; the job is left to the worker that holds it");
+            let mut state = self.state.lock().unwrap();
+            state.running = None;
+            state.scheduler.finish(id);
+            state.active.remove(&id);
+            return;
+        }
         if let Err(e) = stored {
             tracing::error!(job = %id, error = %e, "could not record the end of a job");
         }

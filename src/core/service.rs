@@ -27,7 +27,8 @@ use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use super::jobs::{JobId, JobKind, JobRecord, JobState};
+use super::cluster::Membership;
+use super::jobs::{JobId, JobKind, JobRecord, JobState, Origin};
 use super::ports::{Notifier, PromptExpander};
 use super::runner::run_loop;
 use super::scheduler::Scheduler;
@@ -131,6 +132,23 @@ pub(super) struct Inner {
     runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
     pub(super) deliveries: Mutex<JoinSet<()>>,
     pub(super) started: std::time::Instant,
+    /// Alone on its database, or one process of several (see [`super::cluster`]).
+    pub(super) membership: Membership,
+}
+
+/// What [`JobService::launch`] starts from.
+pub(super) struct Parts {
+    pub(super) config: ServiceConfig,
+    pub(super) store: StoreHandle,
+    pub(super) engine: EngineHandle,
+    pub(super) notifier: Arc<dyn Notifier>,
+    pub(super) expander: Option<Arc<dyn PromptExpander>>,
+    pub(super) scheduler: Scheduler,
+    pub(super) active: HashMap<JobId, JobRecord>,
+    pub(super) undelivered: Vec<JobRecord>,
+    /// Unreadable rows whose member can still be told (see `Recovered::quarantined`).
+    pub(super) lost: Vec<(JobId, Origin)>,
+    pub(super) membership: Membership,
 }
 
 pub(super) struct State {
@@ -228,17 +246,40 @@ impl JobService {
             active.insert(job.id, job);
         }
         config.metrics.set_queue_depth(scheduler.waiting_len());
-        let (stop, _) = watch::channel(false);
-        let inner = Arc::new(Inner {
+        let lost = recovered
+            .quarantined
+            .into_iter()
+            .filter_map(|q| Some((q.id, q.origin?)))
+            .collect();
+        Ok(Self::launch(Parts {
             config,
             store,
             engine,
             notifier,
             expander,
+            scheduler,
+            active,
+            undelivered: recovered.undelivered.into_iter().chain(unrunnable).collect(),
+            lost,
+            membership: Membership::Single,
+        }))
+    }
+
+    /// Builds the service from recovered `parts` and starts the runner (not on a gateway,
+    /// which only stores jobs for the workers).
+    pub(super) fn launch(parts: Parts) -> JobService {
+        let (stop, _) = watch::channel(false);
+        let run = !matches!(parts.membership, Membership::Gateway);
+        let inner = Arc::new(Inner {
+            config: parts.config,
+            store: parts.store,
+            engine: parts.engine,
+            notifier: parts.notifier,
+            expander: parts.expander,
             state: Mutex::new(State {
                 accepting: true,
-                scheduler,
-                active,
+                scheduler: parts.scheduler,
+                active: parts.active,
                 running: None,
                 settings: HashMap::new(),
                 delivering: HashSet::new(),
@@ -248,15 +289,12 @@ impl JobService {
             runner: Mutex::new(None),
             deliveries: Mutex::new(JoinSet::new()),
             started: std::time::Instant::now(),
+            membership: parts.membership,
         });
-        for job in recovered.undelivered.into_iter().chain(unrunnable) {
+        for job in parts.undelivered {
             inner.spawn_delivery(job);
         }
-        let lost: Vec<_> = recovered
-            .quarantined
-            .into_iter()
-            .filter_map(|q| Some((q.id, q.origin?)))
-            .collect();
+        let lost = parts.lost;
         if !lost.is_empty() {
             let told = inner.clone();
             inner.deliveries.lock().unwrap().spawn(async move {
@@ -270,9 +308,11 @@ impl JobService {
                 }
             });
         }
-        let runner = tokio::spawn(run_loop(inner.clone()));
-        *inner.runner.lock().unwrap() = Some(runner);
-        Ok(JobService { inner })
+        if run {
+            let runner = tokio::spawn(run_loop(inner.clone()));
+            *inner.runner.lock().unwrap() = Some(runner);
+        }
+        JobService { inner }
     }
 
     /// A spec filled with the guild's defaults and a random seed; the adapter overrides what

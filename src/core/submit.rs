@@ -176,6 +176,7 @@ impl JobService {
                 .await;
         }
         self.inner.wake.notify_one();
+        self.inner.announce_new().await;
         Ok(Submitted {
             id,
             position,
@@ -185,6 +186,10 @@ impl JobService {
 
     /// Cancels a waiting job (removed at once) or a running one (stops at its next step).
     pub async fn cancel(&self, id: JobId, by: Canceller) -> Result<CancelOutcome, CancelError> {
+        if self.is_gateway() {
+            // The job may run on any worker: the database decides.
+            return self.cancel_shared(id, by).await;
+        }
         // Bound first: a guard in the match scrutinee would live across the await below and
         // make this future !Send.
         let active = self.inner.state.lock().unwrap().active.get(&id).cloned();

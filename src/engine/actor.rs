@@ -103,6 +103,16 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// A handle that runs nothing but names `variants`: a gateway's, whose workers serve them.
+    /// A job submitted to it ends at once with [`EngineError::Stopped`].
+    pub fn without_models(variants: Vec<Variant>) -> EngineHandle {
+        let (jobs, _) = mpsc::channel();
+        EngineHandle {
+            jobs,
+            variants: Arc::new(variants),
+        }
+    }
+
     /// Starts the actor thread. `load` runs ON that thread (device contexts stay there) and
     /// returns the pipelines to serve; a load error is returned here.
     pub fn spawn<F>(load: F, limits: Limits) -> Result<EngineHandle, EngineError>

@@ -16,5 +16,6 @@ mod i2v;
 mod log_redaction;
 mod ops;
 mod restart;
+mod roles;
 mod serve_binary;
 mod t2v;

@@ -246,3 +246,27 @@ pub fn spawn_serve(fake: &super::fake_discord::FakeDiscord, config: &Path) -> st
         .spawn()
         .unwrap()
 }
+
+/// Starts `floor33 serve --role <role>` (plus `extra` arguments) against `fake`; its stderr
+/// goes to `log`.
+pub fn spawn_role(
+    fake: &super::fake_discord::FakeDiscord,
+    config: &Path,
+    role: &str,
+    log: &Path,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_floor33"))
+        .args(["serve", "--role", role, "--config"])
+        .arg(config)
+        .env("DISCORD_TOKEN", "binary-token")
+        .env(
+            "FLOOR33_DISCORD_API_BASE",
+            format!("{}/api/v10", fake.api_base()),
+        )
+        .env("NO_PROXY", "127.0.0.1")
+        .env("RUST_LOG", "floor33=info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}

@@ -20,12 +20,16 @@
 //! tokio's blocking pool so that a slow disk or network never holds up the runtime.
 
 pub mod claims;
+mod cluster;
+pub mod listen;
 mod migrations;
 mod postgres;
 pub(crate) mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -37,6 +41,7 @@ use thiserror::Error;
 
 use super::jobs::{from_millis, to_millis, JobId, JobRecord, JobSpec, JobState, Origin};
 use super::settings::AuditEntry;
+pub use cluster::{valid_worker_id, JOBS_CHANNEL};
 pub use migrations::SCHEMA_VERSION;
 pub use sql::Dialect;
 use sql::{args, Row, Sql};
@@ -68,6 +73,8 @@ pub enum StoreError {
     UnknownSchema { database: String, found: i64 },
     #[error("the database task stopped: {0}")]
     Task(String),
+    #[error("this worker no longer holds the lease on job {0}")]
+    LeaseLost(JobId),
 }
 
 /// Refuses a schema version this build cannot work with.
@@ -199,6 +206,9 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     location: Location,
+    /// A worker sharing the database: per-job writes apply only while this worker holds the
+    /// job's lease (see [`Store::guard_writes_with_lease`]).
+    lease_guard: Option<String>,
 }
 
 impl Store {
@@ -214,7 +224,11 @@ impl Store {
                 Backend::Postgres(RefCell::new(postgres::open(url, target)?))
             }
         };
-        Ok(Store { backend, location })
+        Ok(Store {
+            backend,
+            location,
+            lease_guard: None,
+        })
     }
 
     pub fn location(&self) -> &Location {
@@ -572,9 +586,18 @@ impl Store {
     }
 
     fn update(&mut self, id: JobId, set: &str, args: &[sql::Value]) -> Result<(), StoreError> {
-        let n =
-            self.with(|db| db.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1"), args))?;
+        // The worker id is ours (see `cluster::worker_id`: letters, digits, `-`, `.`), so it can
+        // stand in the statement without shifting the caller's numbered arguments.
+        let guard = match &self.lease_guard {
+            Some(worker) => format!(" AND lease_owner = '{worker}'"),
+            None => String::new(),
+        };
+        let n = self
+            .with(|db| db.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1{guard}"), args))?;
         if n == 0 {
+            if self.lease_guard.is_some() && self.job(id)?.is_some() {
+                return Err(StoreError::LeaseLost(id));
+            }
             return Err(StoreError::NoSuchJob(id));
         }
         Ok(())

@@ -1,0 +1,181 @@
+//! The gateway and worker roles of `floor33 serve` (the single process is
+//! [`serve_all`](super::serve_all)). Both need the PostgreSQL database they share; the worker
+//! needs no gateway connection, only Discord's REST API (interaction webhooks and the channel
+//! fallback).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::{prompt_expander, shutdown_signal, spawn_engine, App};
+use crate::config::Config;
+use crate::core::cluster::{worker_id, Role, WorkerOptions};
+use crate::core::store::Location;
+use crate::core::{JobService, ShutdownMode, StoreHandle};
+use crate::discord::client::build_http;
+use crate::discord::notifier::{DiscordNotifier, NotifierOptions};
+use crate::discord::{proxy_base, BotOptions};
+use crate::engine::EngineHandle;
+use crate::models::config::Variant;
+
+/// What `floor33 serve` was asked to be.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    pub role: Role,
+    /// `--device`: overrides `engine.device` (one worker process per GPU).
+    pub device: Option<String>,
+}
+
+/// Refuses a role its configuration cannot serve, before anything is loaded or contacted.
+pub fn check_role(config: &Config, options: &ServeOptions) -> Result<()> {
+    if options.role != Role::All && !matches!(config.database.location(), Location::Postgres(_)) {
+        bail!(
+            "--role {} shares its jobs through PostgreSQL: set `[database] url = \"postgres://…\"` \
+             (SQLite serves only --role all)",
+            options.role
+        );
+    }
+    if options.role == Role::Gateway && options.device.is_some() {
+        bail!("--device is for --role worker or all; a gateway loads no model");
+    }
+    Ok(())
+}
+
+fn bot_options(config: &Config, token: String) -> BotOptions {
+    BotOptions {
+        token,
+        api_base: proxy_base(&config.discord.api_base),
+        dev_guild: config.discord.dev_guild_id,
+        download: config.download_policy(),
+        notifier: NotifierOptions::default(),
+        video_shape: None,
+    }
+}
+
+/// `--role gateway`: Discord in, jobs into the database; no model is loaded.
+pub async fn serve_gateway(config: Config, token: String) -> Result<()> {
+    let service_config = config.service_config();
+    let store = StoreHandle::open(service_config.database.clone())
+        .await
+        .with_context(|| format!("opening the database {}", service_config.database))?;
+    let variants = config
+        .engine
+        .variants
+        .iter()
+        .map(|v| Variant::parse(&v.name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = EngineHandle::without_models(variants);
+    // Only to offer `expand`: the workers run the expansion.
+    let expander = prompt_expander(&config, &crate::ops::Metrics::new())?;
+    let connected = crate::discord::connect(bot_options(&config, token)).await?;
+    let service = JobService::start_gateway(
+        service_config,
+        store,
+        engine,
+        connected.notifier(),
+        expander,
+    )
+    .await
+    .context("starting the gateway")?;
+    let bot = connected.serve(service.clone())?;
+    let mut app = App { service, bot };
+    tracing::info!("floor33 gateway is serving; stop with Ctrl-C or SIGTERM");
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+        _ = app.wait_client() => tracing::error!("the Discord connection ended"),
+    }
+    app.shutdown(ShutdownMode::Requeue).await;
+    Ok(())
+}
+
+/// `--role worker`: claims jobs from the database, runs them on this process's device and
+/// delivers them through Discord's REST API.
+pub async fn serve_worker(mut config: Config, token: String, options: ServeOptions) -> Result<()> {
+    if let Some(device) = &options.device {
+        config.engine.device = device.clone();
+    }
+    let service_config = config.service_config();
+    let Location::Postgres(url) = service_config.database.clone() else {
+        bail!("a worker needs `[database] url`");
+    };
+    let store = StoreHandle::open(service_config.database.clone())
+        .await
+        .with_context(|| format!("opening the database {}", service_config.database))?;
+    let device_lock = lock_device(&service_config.database, &config.engine.device).await?;
+    let engine = spawn_engine(&config)?;
+    tracing::info!(
+        variants = ?engine.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
+        device = %config.engine.device,
+        "models loaded"
+    );
+    let expander = prompt_expander(&config, &crate::ops::Metrics::new())?;
+    let api_base = proxy_base(&config.discord.api_base);
+    let http = build_http(&token, api_base.as_deref())?;
+    let app = http
+        .get_current_application_info()
+        .await
+        .context("reading the application (is DISCORD_TOKEN right?)")?;
+    http.set_application_id(app.id);
+    let notifier = Arc::new(DiscordNotifier::new(
+        Arc::new(http),
+        NotifierOptions::default(),
+    ));
+    let worker = WorkerOptions::new(worker_id(&config.engine.device), url);
+    let service =
+        JobService::start_worker(service_config, store, engine, notifier, expander, worker)
+            .await
+            .context("starting the worker")?;
+    tracing::info!("floor33 worker is running; stop with Ctrl-C or SIGTERM");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    service.shutdown(ShutdownMode::Requeue).await;
+    drop(device_lock);
+    tracing::info!("floor33 worker stopped");
+    Ok(())
+}
+
+/// One worker per GPU and host: a worker for `cuda:N` holds a session lock on
+/// (host, device) in the database for as long as it runs, so a second one for the same GPU
+/// is refused with a clear error. CPU workers are not limited.
+async fn lock_device(database: &Location, device: &str) -> Result<Option<StoreHandle>> {
+    let Some(index) = cuda_index(device)? else {
+        return Ok(None);
+    };
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let key = format!("{}/cuda:{index}", host.trim());
+    let holder = StoreHandle::open(database.clone()).await?;
+    let k = key.clone();
+    let locked = holder.call(move |s| s.try_lock_name(&k)).await?;
+    if !locked {
+        bail!("another floor33 worker on this host already runs on cuda:{index}: run one worker per GPU (--device cuda:N)");
+    }
+    Ok(Some(holder))
+}
+
+/// `cuda` is `cuda:0`; other devices have no index.
+fn cuda_index(device: &str) -> Result<Option<u32>> {
+    match device {
+        "cuda" => Ok(Some(0)),
+        d => match d.strip_prefix("cuda:") {
+            Some(n) => n
+                .parse()
+                .map(Some)
+                .with_context(|| format!("device {d:?}: expected cuda:N")),
+            None => Ok(None),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_devices_have_an_index() {
+        assert_eq!(cuda_index("cuda").unwrap(), Some(0));
+        assert_eq!(cuda_index("cuda:3").unwrap(), Some(3));
+        assert_eq!(cuda_index("cpu").unwrap(), None);
+        assert_eq!(cuda_index("auto").unwrap(), None);
+        assert!(cuda_index("cuda:x").is_err());
+    }
+}

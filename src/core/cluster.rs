@@ -1,0 +1,455 @@
+//! Several processes on one PostgreSQL database: a gateway that stores jobs and workers that
+//! run them.
+//!
+//! - The gateway answers members and stores jobs (its engine handle serves no job, it only
+//!   names the variants); it keeps the fair queue's view for positions and per-member limits,
+//!   sends `NOTIFY new` after each job and `NOTIFY cancel <id> <by>` for a running one, and
+//!   drops from its view, about once a second, the jobs workers took.
+//! - A worker claims the next job in fair `(round, id)` order under a lease
+//!   ([`Store::claim_next`](super::store::Store::claim_next)), renews the lease while it runs
+//!   the job on its engine, and ends and delivers it itself; every write it makes about a job
+//!   holds only while it still holds the lease, so a job that went to another worker (ours
+//!   stalled or died) is ended and delivered by that one alone. Idle workers wait on LISTEN
+//!   (and poll, in case a notification was missed); any worker gives back leases that ran out.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::jobs::{JobId, JobRecord, JobState};
+use super::ports::{JobUpdate, Notifier, PromptExpander};
+use super::scheduler::Scheduler;
+use super::service::{Inner, JobService, Parts, ServiceConfig, ServiceError, StopReason};
+use super::store::{listen, StoreError, StoreHandle};
+use super::submit::{cancel_reason, may_cancel, CancelError, CancelOutcome, Canceller};
+use crate::engine::EngineHandle;
+
+/// What one `floor33 serve` process does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Everything in one process (Discord, queue and engine), on SQLite or PostgreSQL.
+    #[default]
+    All,
+    /// Discord only: answers interactions and stores jobs.
+    Gateway,
+    /// Engine only: claims jobs from the database, runs and delivers them.
+    Worker,
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "all" => Ok(Role::All),
+            "gateway" => Ok(Role::Gateway),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!(
+                "unknown role {other:?}: expected all, gateway or worker"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::All => "all",
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        })
+    }
+}
+
+/// How this process shares its database.
+pub(super) enum Membership {
+    Single,
+    Gateway,
+    Worker,
+}
+
+/// A worker's settings.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Unique among the workers (see [`worker_id`]); it owns the leases this worker takes.
+    pub id: String,
+    /// The PostgreSQL URL, for LISTEN.
+    pub url: String,
+    /// How long a claim holds without a renewal; a dead worker's job runs again after this.
+    pub lease_ttl: Duration,
+    /// Longest idle wait between two looks at the queue (LISTEN usually wakes it sooner);
+    /// also the heartbeat interval while a job runs.
+    pub poll: Duration,
+}
+
+impl WorkerOptions {
+    pub fn new(id: String, url: String) -> Self {
+        WorkerOptions {
+            id,
+            url,
+            lease_ttl: Duration::from_secs(15),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A worker id from the host name, the device and the process id, e.g. `gpu1-cuda.0-4242`.
+pub fn worker_id(device: &str) -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let clean = |s: &str| -> String {
+        s.trim()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '.' })
+            .take(32)
+            .collect()
+    };
+    format!("{}-{}-{}", clean(&host), clean(device), std::process::id())
+}
+
+impl JobService {
+    /// The gateway: stores and queues jobs for the workers; runs none itself. `engine` names
+    /// the variants the workers serve ([`EngineHandle::without_models`]); `expander` only says
+    /// that jobs may ask for expansion (the workers run it).
+    pub async fn start_gateway(
+        config: ServiceConfig,
+        store: StoreHandle,
+        engine: EngineHandle,
+        notifier: Arc<dyn Notifier>,
+        expander: Option<Arc<dyn PromptExpander>>,
+    ) -> Result<JobService, ServiceError> {
+        let (queued, last_round) = store
+            .call(|s| Ok((s.jobs_in_state(JobState::Queued)?, s.last_started_round()?)))
+            .await?;
+        let mut scheduler = Scheduler::new(config.global_cap);
+        scheduler.resume_from_round(last_round);
+        let mut active = HashMap::new();
+        for job in queued {
+            scheduler.restore(job.id, job.origin.user_id, job.round);
+            active.insert(job.id, job);
+        }
+        let service = Self::launch(Parts {
+            config,
+            store,
+            engine,
+            notifier,
+            expander,
+            scheduler,
+            active,
+            undelivered: Vec::new(),
+            lost: Vec::new(),
+            membership: Membership::Gateway,
+        });
+        tokio::spawn(follow_workers(service.inner.clone()));
+        Ok(service)
+    }
+
+    /// A worker: claims jobs from the shared database and runs them on `engine`.
+    pub async fn start_worker(
+        config: ServiceConfig,
+        store: StoreHandle,
+        engine: EngineHandle,
+        notifier: Arc<dyn Notifier>,
+        expander: Option<Arc<dyn PromptExpander>>,
+        options: WorkerOptions,
+    ) -> Result<JobService, ServiceError> {
+        let results = config.results_dir.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&results))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|source| ServiceError::Io {
+                path: config.results_dir.clone(),
+                source,
+            })?;
+        let id = options.id.clone();
+        store.call(move |s| s.guard_writes_with_lease(&id)).await?;
+        let url = options.url.clone();
+        let events = tokio::task::spawn_blocking(move || listen::listen(&url))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let scheduler = Scheduler::new(config.global_cap);
+        let service = Self::launch(Parts {
+            config,
+            store,
+            engine,
+            notifier,
+            expander,
+            scheduler,
+            active: HashMap::new(),
+            undelivered: Vec::new(),
+            lost: Vec::new(),
+            membership: Membership::Worker,
+        });
+        tracing::info!(worker = %options.id, "worker started");
+        tokio::spawn(work(service.inner.clone(), options, events));
+        Ok(service)
+    }
+
+    /// A cancel on the gateway: a job still waiting is cancelled in the database; a running
+    /// one is announced to the workers, and the one running it stops at its next step.
+    pub(super) async fn cancel_shared(
+        &self,
+        id: JobId,
+        by: Canceller,
+    ) -> Result<CancelOutcome, CancelError> {
+        let storage = |e: StoreError| CancelError::Storage(e.to_string());
+        let store = &self.inner.store;
+        let job = store
+            .call(move |s| s.job(id))
+            .await
+            .map_err(storage)?
+            .ok_or(CancelError::NotFound(id))?;
+        if !may_cancel(&job, &by) {
+            return Err(CancelError::NotYours(id));
+        }
+        let reason = cancel_reason(&job, by.user_id);
+        let now = SystemTime::now();
+        let removed = store
+            .call(move |s| s.cancel_if_queued(id, now, &reason))
+            .await
+            .map_err(storage)?;
+        if removed {
+            {
+                let mut state = self.inner.state.lock().unwrap();
+                state.scheduler.cancel(id);
+                state.active.remove(&id);
+            }
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                let mut job = job;
+                job.state = JobState::Cancelled;
+                let update = JobUpdate::Cancelled {
+                    by_user: Some(by.user_id),
+                };
+                inner.finish_notice(job, update).await;
+                inner.broadcast_positions().await;
+            });
+            return Ok(CancelOutcome::Removed);
+        }
+        let now_state = store
+            .call(move |s| s.job(id))
+            .await
+            .map_err(storage)?
+            .map(|j| j.state);
+        match now_state {
+            Some(JobState::Running) => {
+                let payload = format!("cancel {} {}", id.0, by.user_id);
+                store
+                    .call(move |s| s.notify(&payload))
+                    .await
+                    .map_err(storage)?;
+                Ok(CancelOutcome::Stopping)
+            }
+            Some(state) => Err(CancelError::AlreadyFinished { id, state }),
+            None => Err(CancelError::NotFound(id)),
+        }
+    }
+
+    /// Whether this process is a gateway (cancels go through the database).
+    pub(super) fn is_gateway(&self) -> bool {
+        matches!(self.inner.membership, Membership::Gateway)
+    }
+}
+
+impl Inner {
+    /// Tells the workers a job was stored (a gateway only).
+    pub(super) async fn announce_new(&self) {
+        if !matches!(self.membership, Membership::Gateway) {
+            return;
+        }
+        if let Err(e) = self.store.call(|s| s.notify("new")).await {
+            // Workers also poll; the job is only picked up a little later.
+            tracing::warn!(error = %e, "could not notify the workers");
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// The gateway's view follows the database: jobs a worker took (or that ended) leave its
+/// queue, and the members behind them hear their new place.
+async fn follow_workers(inner: Arc<Inner>) {
+    let mut stop = inner.stop.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+        let queued = match inner.store.call(|s| s.queued_ids()).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the queue");
+                continue;
+            }
+        };
+        let left = {
+            let mut state = inner.state.lock().unwrap();
+            let gone: Vec<JobId> = state
+                .scheduler
+                .order()
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| !queued.contains(id))
+                .collect();
+            for id in &gone {
+                state.scheduler.cancel(*id);
+                state.active.remove(id);
+            }
+            !gone.is_empty()
+        };
+        if left {
+            inner.broadcast_positions().await;
+        }
+    }
+}
+
+/// A worker's loop: give back dead workers' leases, claim when idle, renew while busy, and
+/// act on what the gateway announces.
+async fn work(
+    inner: Arc<Inner>,
+    options: WorkerOptions,
+    mut events: mpsc::UnboundedReceiver<String>,
+) {
+    let mut stop = inner.stop.subscribe();
+    let worker = options.id.clone();
+    while !inner.stopping() {
+        let now = SystemTime::now();
+        match inner
+            .store
+            .call(move |s| s.release_expired_leases(now))
+            .await
+        {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::info!(jobs = ?ids, "jobs of a worker that stopped renewing queued again")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release expired leases"),
+        }
+        let (idle, running) = {
+            let state = inner.state.lock().unwrap();
+            let idle =
+                state.accepting && state.running.is_none() && state.scheduler.waiting_len() == 0;
+            (idle, state.running.as_ref().map(|r| r.id))
+        };
+        if idle {
+            if claim(&inner, &worker, options.lease_ttl).await {
+                continue;
+            }
+        } else if let Some(id) = running {
+            renew(&inner, &worker, id, options.lease_ttl).await;
+        }
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(payload) => on_event(&inner, &payload),
+                // The listener ended; keep polling.
+                None => tokio::time::sleep(options.poll).await,
+            },
+            _ = tokio::time::sleep(options.poll) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Claims the next job and hands it to the runner; `true` when one was claimed.
+async fn claim(inner: &Arc<Inner>, worker: &str, ttl: Duration) -> bool {
+    let (w, now) = (worker.to_string(), SystemTime::now());
+    match inner.store.call(move |s| s.claim_next(&w, now, ttl)).await {
+        Ok(Some(job)) => {
+            tracing::info!(job = %job.id, worker, "job claimed");
+            queue_locally(inner, job);
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not claim a job");
+            false
+        }
+    }
+}
+
+fn queue_locally(inner: &Arc<Inner>, job: JobRecord) {
+    {
+        let mut state = inner.state.lock().unwrap();
+        state
+            .scheduler
+            .restore(job.id, job.origin.user_id, job.round);
+        state.active.insert(job.id, job);
+    }
+    inner.wake.notify_one();
+}
+
+/// The heartbeat: renews the lease on the running job; a lease already lost stops the job
+/// here (its writes would be refused anyway) so that the GPU moves on.
+async fn renew(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
+    let (w, now) = (worker.to_string(), SystemTime::now());
+    match inner
+        .store
+        .call(move |s| s.renew_lease(id, &w, now, ttl))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(job = %id, "lease lost; stopping the job here");
+            stop_running(inner, id, StopReason::Shutdown);
+        }
+        Err(e) => tracing::warn!(job = %id, error = %e, "could not renew the lease"),
+    }
+}
+
+/// `new` (a job was stored: the loop looks again) or `cancel <id> <by>`.
+fn on_event(inner: &Arc<Inner>, payload: &str) {
+    let mut words = payload.split_whitespace();
+    if words.next() != Some("cancel") {
+        return;
+    }
+    let (Some(Ok(id)), Some(Ok(by))) = (
+        words.next().map(str::parse::<i64>),
+        words.next().map(str::parse::<u64>),
+    ) else {
+        tracing::warn!(payload, "unreadable job event ignored");
+        return;
+    };
+    if stop_running(inner, JobId(id), StopReason::User(by)) {
+        tracing::info!(job = id, "cancel received; stopping at the next step");
+    }
+}
+
+/// Stops the running job if it is `id`; `true` when it was.
+fn stop_running(inner: &Arc<Inner>, id: JobId, reason: StopReason) -> bool {
+    let mut state = inner.state.lock().unwrap();
+    let Some(run) = state.running.as_mut().filter(|r| r.id == id) else {
+        return false;
+    };
+    run.stop.get_or_insert(reason);
+    if let Some(token) = &run.engine_cancel {
+        token.cancel();
+    }
+    run.woken.notify_one();
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_and_unknown_ones_are_named() {
+        assert_eq!("all".parse::<Role>(), Ok(Role::All));
+        assert_eq!("gateway".parse::<Role>(), Ok(Role::Gateway));
+        assert_eq!("worker".parse::<Role>(), Ok(Role::Worker));
+        let err = "gpu".parse::<Role>().unwrap_err();
+        assert!(err.contains("\"gpu\"") && err.contains("gateway"), "{err}");
+    }
+
+    #[test]
+    fn worker_ids_fit_the_lease_guard() {
+        let id = worker_id("cuda:1");
+        assert!(super::super::store::valid_worker_id(&id), "{id}");
+        assert!(id.contains("cuda.1"), "{id}");
+    }
+}

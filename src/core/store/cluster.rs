@@ -1,0 +1,98 @@
+//! What processes sharing one database need beyond the claims: a worker's writes guarded by
+//! its lease, NOTIFY to wake workers and carry cancels, and the gateway's view of what still
+//! waits.
+
+use std::collections::HashSet;
+use std::time::SystemTime;
+
+use super::sql::{args, Dialect};
+use super::{Store, StoreError};
+use crate::core::jobs::{to_millis, JobId, JobState};
+
+/// The NOTIFY channel of job events between a gateway and its workers.
+pub const JOBS_CHANNEL: &str = "floor33_jobs";
+
+impl Store {
+    /// From now on every per-job write (start, end, delivered, message id, …) applies only
+    /// while `worker` holds the job's lease; otherwise it fails with
+    /// [`StoreError::LeaseLost`] and changes nothing. So a worker whose lease ran out (and
+    /// whose job another worker took) can neither end nor deliver it a second time.
+    /// `worker` must be a [`valid_worker_id`].
+    pub fn guard_writes_with_lease(&mut self, worker: &str) -> Result<(), StoreError> {
+        if !valid_worker_id(worker) {
+            return Err(StoreError::Corrupt(format!(
+                "worker id {worker:?} must be 1-64 letters, digits, '-' or '.'"
+            )));
+        }
+        self.lease_guard = Some(worker.to_string());
+        Ok(())
+    }
+
+    /// Sends `payload` on [`JOBS_CHANNEL`] (PostgreSQL); nothing on SQLite, where one process
+    /// does everything.
+    pub fn notify(&self, payload: &str) -> Result<(), StoreError> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(());
+        }
+        self.with(|db| {
+            // `execute`: pg_notify returns `void`, which no row reader takes.
+            db.execute(
+                "SELECT pg_notify(?1, ?2)",
+                args![JOBS_CHANNEL.to_string(), payload.to_string()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Cancels a job only if it still waits (no worker took it): `true` when it did.
+    pub fn cancel_if_queued(
+        &mut self,
+        id: JobId,
+        now: SystemTime,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let n = self.with(|db| {
+            db.execute(
+                "UPDATE jobs SET state = ?2, finished_at = ?3, error = ?4
+                 WHERE id = ?1 AND state = 'queued'",
+                args![id.0, JobState::Cancelled.name(), to_millis(now), reason],
+            )
+        })?;
+        Ok(n == 1)
+    }
+
+    /// Takes a session-level lock named `name` (PostgreSQL advisory lock on a hash of it),
+    /// held while this store's connection lives: `false` when another session holds it.
+    /// Always `true` on SQLite (one process).
+    pub fn try_lock_name(&self, name: &str) -> Result<bool, StoreError> {
+        if self.dialect() == Dialect::Sqlite {
+            return Ok(true);
+        }
+        // FNV-1a: stable across builds and hosts, unlike std's hasher.
+        let key = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        }) as i64;
+        self.with(|db| {
+            db.query_one("SELECT pg_try_advisory_lock(?1)", args![key])?
+                .bool(0)
+        })
+    }
+
+    /// The ids of the jobs waiting now.
+    pub fn queued_ids(&self) -> Result<HashSet<JobId>, StoreError> {
+        self.with(|db| {
+            db.query("SELECT id FROM jobs WHERE state = 'queued'", &[])?
+                .iter()
+                .map(|r| r.int(0).map(JobId))
+                .collect()
+        })
+    }
+}
+
+/// A worker id fit for the lease guard: 1-64 ASCII letters, digits, `-` or `.`.
+pub fn valid_worker_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}

@@ -1,0 +1,124 @@
+//! The store's part of gateway + workers, on SQLite and (when reachable) PostgreSQL: lease-
+//! guarded writes, cancelling only what still waits, the waiting ids, NOTIFY and LISTEN, and
+//! the per-host device lock.
+
+use std::time::{Duration, SystemTime};
+
+use super::tests::{origin, spec, test_dbs, TestDb};
+use super::*;
+
+#[test]
+fn a_worker_that_lost_its_lease_can_neither_end_nor_deliver_the_job() {
+    for db in test_dbs() {
+        let mut a = db.open();
+        let mut b = db.open();
+        a.guard_writes_with_lease("worker-a").unwrap();
+        b.guard_writes_with_lease("worker-b").unwrap();
+        let t0 = SystemTime::now();
+        let id = a.insert_job(&spec("p"), &origin(1), 1, t0).unwrap();
+        let ttl = Duration::from_secs(5);
+        assert_eq!(a.claim_next("worker-a", t0, ttl).unwrap().unwrap().id, id);
+        // worker-a stalls past its lease; worker-b gives it back and takes it.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.release_expired_leases(later).unwrap(), vec![id]);
+        assert_eq!(
+            b.claim_next("worker-b", later, ttl).unwrap().unwrap().id,
+            id
+        );
+        let path = std::path::Path::new("/tmp/x.mp4");
+        let err = a.mark_done(id, later, path, 2, false).unwrap_err();
+        assert!(
+            matches!(err, StoreError::LeaseLost(j) if j == id),
+            "{}: {err}",
+            db.name()
+        );
+        assert!(matches!(
+            a.mark_delivered(id, None),
+            Err(StoreError::LeaseLost(_))
+        ));
+        let job = b.job(id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running, "{}", db.name());
+        // The holder's writes go through.
+        b.mark_done(id, later, path, 2, false).unwrap();
+        b.mark_delivered(id, None).unwrap();
+        assert!(b.undelivered().unwrap().is_empty(), "{}", db.name());
+        assert!(matches!(
+            a.mark_ended(JobId(999), JobState::Failed, later, "x"),
+            Err(StoreError::NoSuchJob(_))
+        ));
+    }
+}
+
+#[test]
+fn worker_ids_outside_the_guard_alphabet_are_refused() {
+    for db in test_dbs() {
+        let mut s = db.open();
+        for bad in ["", "a'b", "a b", &"x".repeat(65)] {
+            assert!(s.guard_writes_with_lease(bad).is_err(), "{bad:?}");
+        }
+        s.guard_writes_with_lease("host-cuda.0-42").unwrap();
+    }
+}
+
+#[test]
+fn cancel_if_queued_takes_only_a_waiting_job_and_queued_ids_follow() {
+    for db in test_dbs() {
+        let mut s = db.open();
+        let now = SystemTime::now();
+        let waiting = s.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
+        let running = s.insert_job(&spec("b"), &origin(2), 1, now).unwrap();
+        let third = s.insert_job(&spec("c"), &origin(3), 2, now).unwrap();
+        assert_eq!(
+            s.queued_ids().unwrap(),
+            [waiting, running, third].into_iter().collect()
+        );
+        // Claims go in (round, id) order: `waiting` first; cancel it while it still waits.
+        assert!(s.cancel_if_queued(waiting, now, "by its author").unwrap());
+        assert_eq!(s.job(waiting).unwrap().unwrap().state, JobState::Cancelled);
+        let claimed = s
+            .claim_next("w", now, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(claimed.id, running, "{}", db.name());
+        assert!(!s.cancel_if_queued(running, now, "too late").unwrap());
+        assert_eq!(s.job(running).unwrap().unwrap().state, JobState::Running);
+        assert_eq!(s.queued_ids().unwrap(), [third].into_iter().collect());
+    }
+}
+
+#[test]
+fn notify_reaches_a_listener_and_the_device_lock_is_exclusive() {
+    for db in test_dbs() {
+        let s = db.open();
+        match &db {
+            TestDb::Sqlite { .. } => {
+                s.notify("new").unwrap();
+                assert!(s.try_lock_name("host/cuda:0").unwrap());
+            }
+            TestDb::Postgres(pg) => {
+                let mut events = listen::listen(&pg.url).unwrap();
+                s.notify("cancel 7 42").unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let got = loop {
+                    if let Ok(p) = events.try_recv() {
+                        break p;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "no notification");
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                assert_eq!(got, "cancel 7 42");
+                assert!(s.try_lock_name("host/cuda:0").unwrap());
+                let other = db.open();
+                assert!(!other.try_lock_name("host/cuda:0").unwrap());
+                assert!(other.try_lock_name("host/cuda:1").unwrap());
+                drop(s);
+                // The lock goes with the connection that held it.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while !other.try_lock_name("host/cuda:0").unwrap() {
+                    assert!(std::time::Instant::now() < deadline, "lock not released");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+}
