@@ -196,7 +196,10 @@ pub(crate) fn spawn_engine(config: &Config) -> Result<EngineHandle> {
 }
 
 /// The LLM prompt expander when `[llm] base_url` is configured.
-pub(crate) fn prompt_expander(config: &Config, metrics: &Metrics) -> Result<Option<Arc<dyn PromptExpander>>> {
+pub(crate) fn prompt_expander(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Option<Arc<dyn PromptExpander>>> {
     let Some(cfg) = ExpanderConfig::from_llm_config(config)? else {
         return Ok(None);
     };

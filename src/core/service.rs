@@ -259,7 +259,11 @@ impl JobService {
             expander,
             scheduler,
             active,
-            undelivered: recovered.undelivered.into_iter().chain(unrunnable).collect(),
+            undelivered: recovered
+                .undelivered
+                .into_iter()
+                .chain(unrunnable)
+                .collect(),
             lost,
             membership: Membership::Single,
         }))
