@@ -12,7 +12,6 @@ use tokio::sync::Notify;
 use super::jobs::{JobId, JobKind, JobRecord, JobState};
 use super::ports::{fallback_line, ExpandOutcome, JobUpdate, Shown};
 use super::service::{Inner, RunningJob, StopReason};
-use super::settings::GuildSettings;
 use super::store::StoreError;
 use super::submit::cancel_reason;
 use super::validate::request_for;
