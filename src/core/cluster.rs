@@ -23,7 +23,9 @@ use tokio::sync::mpsc;
 use super::jobs::{JobId, JobRecord, JobState};
 use super::ports::{JobUpdate, Notifier, PromptExpander};
 use super::scheduler::Scheduler;
-use super::service::{Inner, JobService, Parts, ServiceConfig, ServiceError, StopReason};
+use super::service::{
+    create_results_dir, Inner, JobService, Parts, ServiceConfig, ServiceError, StopReason,
+};
 use super::store::{listen, StoreError, StoreHandle};
 use super::submit::{cancel_reason, may_cancel, CancelError, CancelOutcome, Canceller};
 use crate::engine::EngineHandle;
@@ -156,14 +158,7 @@ impl JobService {
         expander: Option<Arc<dyn PromptExpander>>,
         options: WorkerOptions,
     ) -> Result<JobService, ServiceError> {
-        let results = config.results_dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&results))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-            .map_err(|source| ServiceError::Io {
-                path: config.results_dir.clone(),
-                source,
-            })?;
+        create_results_dir(&config).await?;
         let id = options.id.clone();
         store.call(move |s| s.guard_writes_with_lease(&id)).await?;
         let url = options.url.clone();

@@ -176,6 +176,18 @@ pub(super) enum StopReason {
     Shutdown,
 }
 
+/// The folder finished videos are written to, made before any job runs (every role needs it).
+pub(super) async fn create_results_dir(config: &ServiceConfig) -> Result<(), ServiceError> {
+    let results = config.results_dir.clone();
+    tokio::task::spawn_blocking(move || std::fs::create_dir_all(&results))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|source| ServiceError::Io {
+            path: config.results_dir.clone(),
+            source,
+        })
+}
+
 impl JobService {
     /// Opens the store at `config.database` and starts as [`JobService::start_with_store`] does.
     pub async fn start(
@@ -198,14 +210,7 @@ impl JobService {
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
-        let results = config.results_dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&results))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
-            .map_err(|source| ServiceError::Io {
-                path: config.results_dir.clone(),
-                source,
-            })?;
+        create_results_dir(&config).await?;
         let (recovered, last_round) = store
             .call(|s| Ok((s.recover()?, s.last_started_round()?)))
             .await?;
