@@ -1,6 +1,6 @@
 //! Input images for image-to-video: decoded under strict limits (a decompression bomb or a
 //! corrupt file is refused quickly, never exhausting memory), EXIF-oriented, flattened onto
-//! white, then fitted to the model's frame.
+//! white. `frame_fit` then fits it to the model's frame.
 
 use std::io::Cursor;
 
@@ -133,26 +133,6 @@ fn flatten_onto_white(rgba: &RgbaImage) -> RgbImage {
     })
 }
 
-/// Fits `image` to exactly `width`×`height` (bilinear, like the original's cv2 INTER_LINEAR).
-pub fn fit_to_frame(image: &RgbImage, width: u32, height: u32, fit: ImageFit) -> RgbImage {
-    use image::imageops::{crop_imm, resize, FilterType};
-    let source = match fit {
-        ImageFit::Stretch => image.clone(),
-        ImageFit::CentreCrop => {
-            let (w, h) = (image.width() as u64, image.height() as u64);
-            // Largest centred window with the frame's aspect ratio.
-            let (cw, ch) = if w * height as u64 > h * width as u64 {
-                ((h * width as u64 / height as u64).max(1), h)
-            } else {
-                (w, (w * height as u64 / width as u64).max(1))
-            };
-            let (x, y) = ((w - cw) / 2, (h - ch) / 2);
-            crop_imm(image, x as u32, y as u32, cw as u32, ch as u32).to_image()
-        }
-    };
-    resize(&source, width, height, FilterType::Triangle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,22 +199,5 @@ mod tests {
         let png = encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png);
         let rgb = decode_image(&png, &ImageLimits::default()).unwrap();
         assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
-    }
-
-    #[test]
-    fn centre_crop_keeps_the_middle_and_stretch_keeps_everything() {
-        // Left third red, middle green, right third blue; a square frame from a 3:1 image.
-        let img = RgbImage::from_fn(300, 100, |x, _| match x / 100 {
-            0 => image::Rgb([255, 0, 0]),
-            1 => image::Rgb([0, 255, 0]),
-            _ => image::Rgb([0, 0, 255]),
-        });
-        let cropped = fit_to_frame(&img, 64, 64, ImageFit::CentreCrop);
-        assert_eq!(cropped.dimensions(), (64, 64));
-        assert_eq!(cropped.get_pixel(0, 32).0, [0, 255, 0]);
-        assert_eq!(cropped.get_pixel(63, 32).0, [0, 255, 0]);
-        let stretched = fit_to_frame(&img, 64, 64, ImageFit::Stretch);
-        assert_eq!(stretched.get_pixel(0, 32).0, [255, 0, 0]);
-        assert_eq!(stretched.get_pixel(63, 32).0, [0, 0, 255]);
     }
 }

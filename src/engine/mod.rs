@@ -4,6 +4,7 @@
 pub mod actor;
 pub mod device;
 pub mod error;
+pub mod frame_fit;
 pub mod image_input;
 pub mod loader;
 pub mod memory;

@@ -7,11 +7,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::error::EngineError;
-use super::image_input::{fit_to_frame, ImageFit};
+use super::frame_fit::frame_tensor;
+use super::image_input::ImageFit;
 use super::request::{GenerationRequest, Limits};
 use crate::models::config::ModelConfig;
 use crate::models::image_encoder::ImageConditioner;
-use crate::models::image_preprocess::image_to_tensor;
 use crate::models::random_init::RandomWeights;
 use crate::models::text_encoder::TextEncoder;
 use crate::models::tokenizer::ClipTokenizer;
@@ -129,6 +129,28 @@ impl Pipeline {
         Ok((context, truncated))
     }
 
+    /// Image-to-video models: the request image's tokens and the unconditional (grey image)
+    /// tokens, each `(1, 16, C)`, that `generate` appends to the text contexts. `None` for
+    /// text-to-video models.
+    pub fn image_contexts(
+        &self,
+        req: &GenerationRequest,
+    ) -> Result<Option<(Tensor, Tensor)>, EngineError> {
+        let Some(conditioner) = &self.networks.image else {
+            return Ok(None);
+        };
+        let image = req
+            .image
+            .as_ref()
+            .ok_or_else(|| EngineError::BadRequest("this model needs an image".into()))?;
+        // The original resizes the input to the frame size before CLIP preprocessing.
+        let pixels =
+            frame_tensor(image, req.width, req.height, req.image_fit).to_device(&self.device)?;
+        let image_tokens = conditioner.embed(&pixels)?;
+        let grey_tokens = conditioner.uncond_embed(1, &self.device, self.dtype)?;
+        Ok(Some((image_tokens, grey_tokens)))
+    }
+
     /// Runs one request. `on_step` sees every step and may stop the run (then `Cancelled`).
     pub fn generate(
         &self,
@@ -156,17 +178,8 @@ impl Pipeline {
         let (contexts, truncated) = self.encode_prompts(&[&req.prompt, negative])?;
         let mut context = contexts.narrow(0, 0, 1)?;
         let mut uncond = contexts.narrow(0, 1, 1)?;
-        if let Some(conditioner) = &self.networks.image {
-            let image = req
-                .image
-                .as_ref()
-                .ok_or_else(|| EngineError::BadRequest("this model needs an image".into()))?;
-            // The original resizes the input to the frame size before CLIP preprocessing.
-            let framed = fit_to_frame(image, req.width as u32, req.height as u32, req.image_fit);
-            let pixels = image_to_tensor(&framed).to_device(&self.device)?;
-            let image_tokens = conditioner.embed(&pixels)?.to_dtype(context.dtype())?;
-            let grey_tokens = conditioner.uncond_embed(1, &self.device, self.dtype)?;
-            context = Tensor::cat(&[&context, &image_tokens], 1)?;
+        if let Some((image_tokens, grey_tokens)) = self.image_contexts(req)? {
+            context = Tensor::cat(&[&context, &image_tokens.to_dtype(context.dtype())?], 1)?;
             uncond = Tensor::cat(&[&uncond, &grey_tokens.to_dtype(context.dtype())?], 1)?;
         }
 

@@ -50,19 +50,6 @@ pub fn antialias_blur(x: &Tensor, size: (usize, usize)) -> Result<Tensor> {
         .to_device(x.device())
 }
 
-/// A decoded RGB picture as `(1, 3, H, W)` f32 in [-1, 1]: `(v / 255 - 0.5) * 2`, as the
-/// original's image loader scales pixels.
-pub fn image_to_tensor(img: &image::RgbImage) -> Tensor {
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut data = vec![0f32; 3 * h * w];
-    for (x, y, px) in img.enumerate_pixels() {
-        for ch in 0..3 {
-            data[(ch * h + y as usize) * w + x as usize] = (px[ch] as f32 / 255.0 - 0.5) * 2.0;
-        }
-    }
-    Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu).expect("length matches the shape")
-}
-
 fn host_f32(x: &Tensor) -> Result<Vec<f32>> {
     x.to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
@@ -237,23 +224,5 @@ mod tests {
             assert!((s - 1.0).abs() < 1e-6);
         }
         assert_eq!(cubic_weights(0.0), [0.0, 1.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn image_to_tensor_layout_and_range() {
-        let img = image::RgbImage::from_fn(2, 1, |x, _| {
-            if x == 0 {
-                image::Rgb([0, 255, 51])
-            } else {
-                image::Rgb([255, 0, 102])
-            }
-        });
-        let t = image_to_tensor(&img);
-        assert_eq!(t.dims(), &[1, 3, 1, 2]);
-        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want = [-1.0, 1.0, 1.0, -1.0, -0.6, -0.2];
-        for (got, want) in v.iter().zip(want) {
-            assert!((got - want).abs() < 1e-6, "{v:?}");
-        }
     }
 }

@@ -12,6 +12,7 @@ mod half;
 mod image_cond;
 mod manifest;
 mod pipeline;
+mod pipeline_i2v;
 mod schedule;
 mod text_vae;
 mod tokenizer;

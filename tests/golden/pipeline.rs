@@ -8,9 +8,9 @@
 //! the way the original saves it (clamp, (x+1)/2·255, truncate): a decode error of 1e-3 can
 //! move a value across one truncation boundary, never more.
 //!
-//! i2v is not covered here: the fixture's i2v contexts come from images of 64×96 and 320×32
-//! handed to CLIP as they are, while `generate` first fits the image to the 12×16 frame (as
-//! the original script does), so no fixture tensor is the expected output of that path.
+//! i2v is in pipeline_i2v.rs: ddim_i2v's contexts come from images of 64×96 and 320×32 handed to
+//! CLIP as they are, while `generate` first fits the image to the 12×16 frame (as the original
+//! script does), so it has its own reference made from a picture file.
 
 use candle_core::Tensor;
 use floor33::engine::image_input::ImageFit;
