@@ -118,7 +118,7 @@ pub async fn serve_all(config: Config, token: String) -> Result<()> {
             metrics: metrics.clone(),
             ..NotifierOptions::default()
         },
-        video_shape: None,
+        video_shape: config.discord.video_shape_for_tests,
     };
     let mut service = config.service_config();
     service.metrics = metrics;

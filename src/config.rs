@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::core::jobs::VideoShape;
 use crate::core::service::ServiceConfig;
 use crate::core::settings::GuildSettings;
 use crate::core::store::Location;
@@ -95,6 +96,9 @@ pub struct DiscordConfig {
     /// http, on any port, from listed hosts that are loopback IP addresses. Off by default;
     /// never needed in production.
     pub insecure_loopback_cdn_for_tests: bool,
+    /// For tests only: every job gets this output size instead of the model's default, so a
+    /// test of many jobs through the real binary stays cheap. Unset in production.
+    pub video_shape_for_tests: Option<VideoShape>,
     /// Only here to refuse a token written into the file with a clear message.
     #[serde(default)]
     token: Option<toml::Value>,
@@ -265,6 +269,7 @@ impl Default for DiscordConfig {
             dev_guild_id: None,
             cdn_hosts: crate::discord::download::default_hosts(),
             insecure_loopback_cdn_for_tests: false,
+            video_shape_for_tests: None,
             token: None,
         }
     }
@@ -546,6 +551,16 @@ impl Config {
         }
         if discord.cdn_hosts.is_empty() {
             bail!("`discord.cdn_hosts` is empty: /i2v could download no image (Discord's are cdn.discordapp.com and media.discordapp.net)");
+        }
+        if let Some(shape) = discord.video_shape_for_tests {
+            in_range(
+                "discord.video_shape_for_tests.height",
+                shape.height,
+                1,
+                4096,
+            )?;
+            in_range("discord.video_shape_for_tests.width", shape.width, 1, 4096)?;
+            in_range("discord.video_shape_for_tests.frames", shape.frames, 1, 256)?;
         }
         for host in &discord.cdn_hosts {
             crate::discord::download::normalise_host(host)

@@ -52,7 +52,7 @@ fn bot_options(config: &Config, token: String, metrics: &Metrics) -> BotOptions 
             metrics: metrics.clone(),
             ..NotifierOptions::default()
         },
-        video_shape: None,
+        video_shape: config.discord.video_shape_for_tests,
     }
 }
 
