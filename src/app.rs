@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 
 use crate::config::Config;
 use crate::core::cluster::Role;
@@ -69,6 +70,7 @@ impl App {
     }
 }
 
+mod gpu;
 mod roles;
 
 pub use roles::{check_role, ServeOptions};
@@ -95,12 +97,13 @@ pub async fn serve_all(config: Config, token: String) -> Result<()> {
         None => None,
     };
     // Loading blocks for minutes; keep the runtime's other workers (the listener) serving.
-    let engine = tokio::task::block_in_place(|| spawn_engine(&config))?;
+    let (engine, device) = tokio::task::block_in_place(|| spawn_engine(&config))?;
     let _ = startup.engine.set(engine.clone());
     tracing::info!(
         variants = ?engine.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
         "models loaded"
     );
+    let gpu = gpu::watch_gpu_memory(device, metrics.clone());
     let expander = prompt_expander(&config, &metrics)?;
     let api_base = proxy_base(&config.discord.api_base);
     if let Some(base) = &api_base {
@@ -115,7 +118,7 @@ pub async fn serve_all(config: Config, token: String) -> Result<()> {
             metrics: metrics.clone(),
             ..NotifierOptions::default()
         },
-        video_shape: None,
+        video_shape: config.discord.video_shape_for_tests,
     };
     let mut service = config.service_config();
     service.metrics = metrics;
@@ -127,6 +130,9 @@ pub async fn serve_all(config: Config, token: String) -> Result<()> {
         _ = app.wait_client() => tracing::error!("the Discord connection ended"),
     }
     app.shutdown(ShutdownMode::Requeue).await;
+    if let Some(gpu) = gpu {
+        gpu.abort();
+    }
     if let Some(ops) = ops {
         ops.stop().await;
     }
@@ -166,7 +172,9 @@ impl Startup {
     }
 }
 
-pub(crate) fn spawn_engine(config: &Config) -> Result<EngineHandle> {
+/// Loads the models on the configured device; returns the engine and that device (for the
+/// GPU memory gauges).
+pub(crate) fn spawn_engine(config: &Config) -> Result<(EngineHandle, Device)> {
     let device = select_device(&config.engine.device)?;
     let dtype = select_dtype(&config.engine.dtype, &device)?;
     let wanted: Vec<(Variant, Vec<PathBuf>)> = config
@@ -175,11 +183,12 @@ pub(crate) fn spawn_engine(config: &Config) -> Result<EngineHandle> {
         .iter()
         .map(|v| Ok((Variant::parse(&v.name)?, v.weights.clone())))
         .collect::<Result<_>>()?;
+    let on = device.clone();
     let engine = EngineHandle::spawn(
         move || {
             // Serve what fits; what does not is logged (out of memory beside the others,
             // missing weights) and left out of the commands' model choices.
-            let (loaded, failed) = loader::load_pipelines(&wanted, &device, dtype);
+            let (loaded, failed) = loader::load_pipelines(&wanted, &on, dtype);
             if loaded.is_empty() {
                 let reasons: Vec<String> =
                     failed.iter().map(|(v, e)| format!("{v}: {e}")).collect();
@@ -192,7 +201,7 @@ pub(crate) fn spawn_engine(config: &Config) -> Result<EngineHandle> {
         },
         config.engine_limits(),
     )?;
-    Ok(engine)
+    Ok((engine, device))
 }
 
 /// The LLM prompt expander when `[llm] base_url` is configured.

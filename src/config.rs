@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::core::jobs::VideoShape;
 use crate::core::service::ServiceConfig;
 use crate::core::settings::GuildSettings;
 use crate::core::store::Location;
@@ -27,6 +28,7 @@ pub struct Config {
     pub discord: DiscordConfig,
     pub limits: LimitsConfig,
     pub ops: OpsConfig,
+    pub cluster: ClusterConfig,
     /// Guild settings for servers that changed nothing (and for direct messages).
     pub defaults: GuildSettings,
 }
@@ -94,6 +96,9 @@ pub struct DiscordConfig {
     /// http, on any port, from listed hosts that are loopback IP addresses. Off by default;
     /// never needed in production.
     pub insecure_loopback_cdn_for_tests: bool,
+    /// For tests only: every job gets this output size instead of the model's default, so a
+    /// test of many jobs through the real binary stays cheap. Unset in production.
+    pub video_shape_for_tests: Option<VideoShape>,
     /// Only here to refuse a token written into the file with a clear message.
     #[serde(default)]
     token: Option<toml::Value>,
@@ -116,6 +121,67 @@ pub struct LimitsConfig {
 pub struct OpsConfig {
     /// `host:port` to serve on, e.g. `127.0.0.1:9133`; off when absent.
     pub listen: Option<String>,
+}
+
+/// How processes sharing a PostgreSQL database hand jobs to each other (`--role gateway` and
+/// `--role worker`; see `core::cluster`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Seconds a worker's claim on a job holds without a renewal: a dead worker's job runs
+    /// again (or its video is delivered by another worker) this long after its last renewal.
+    pub lease_ttl_s: f64,
+    /// Seconds between two looks at the queue by an idle worker (LISTEN usually wakes it
+    /// sooner), between two lease renewals of a busy one, and between two looks of the
+    /// gateway at what the workers took.
+    pub poll_s: f64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            lease_ttl_s: 15.0,
+            poll_s: 1.0,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The lease's length (validated by [`Config::validate`]; the default if out of range).
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::try_from_secs_f64(self.lease_ttl_s)
+            .unwrap_or_else(|_| Duration::from_secs_f64(ClusterConfig::default().lease_ttl_s))
+    }
+
+    /// The poll and heartbeat interval (validated by [`Config::validate`]).
+    pub fn poll(&self) -> Duration {
+        Duration::try_from_secs_f64(self.poll_s)
+            .unwrap_or_else(|_| Duration::from_secs_f64(ClusterConfig::default().poll_s))
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("cluster.lease_ttl_s", self.lease_ttl_s),
+            ("cluster.poll_s", self.poll_s),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+                bail!(
+                    "`{key}` must be a number of seconds above 0 and at most 86400 (it is {value})"
+                );
+            }
+        }
+        // A lease must outlive two missed heartbeats, or one slow renewal hands a live
+        // worker's job to another.
+        if self.lease_ttl_s <= 2.0 * self.poll_s {
+            bail!(
+                "`cluster.lease_ttl_s` ({}) must be more than twice `cluster.poll_s` ({}), the \
+                 interval at which a worker renews its lease",
+                self.lease_ttl_s,
+                self.poll_s
+            );
+        }
+        Ok(())
+    }
 }
 
 impl OpsConfig {
@@ -203,6 +269,7 @@ impl Default for DiscordConfig {
             dev_guild_id: None,
             cdn_hosts: crate::discord::download::default_hosts(),
             insecure_loopback_cdn_for_tests: false,
+            video_shape_for_tests: None,
             token: None,
         }
     }
@@ -369,6 +436,7 @@ impl Config {
         self.validate_discord()?;
         self.validate_limits()?;
         self.ops.listen_addr()?;
+        self.cluster.validate()?;
         let bounds = crate::core::settings::SettingsBounds {
             limits: self.engine_limits(),
             variants: self.variants()?,
@@ -483,6 +551,16 @@ impl Config {
         }
         if discord.cdn_hosts.is_empty() {
             bail!("`discord.cdn_hosts` is empty: /i2v could download no image (Discord's are cdn.discordapp.com and media.discordapp.net)");
+        }
+        if let Some(shape) = discord.video_shape_for_tests {
+            in_range(
+                "discord.video_shape_for_tests.height",
+                shape.height,
+                1,
+                4096,
+            )?;
+            in_range("discord.video_shape_for_tests.width", shape.width, 1, 4096)?;
+            in_range("discord.video_shape_for_tests.frames", shape.frames, 1, 256)?;
         }
         for host in &discord.cdn_hosts {
             crate::discord::download::normalise_host(host)
@@ -739,6 +817,7 @@ mod tests {
         assert_eq!(config.limits.global_cap, 100);
         // The file states the built-in defaults; keep them in step.
         assert_eq!(config.llm, LlmConfig::default());
+        assert_eq!(config.cluster, ClusterConfig::default());
         assert_eq!(config.llm.timeout_s, 15);
         assert_eq!(config.llm.prompts_dir, PathBuf::from("prompts"));
         assert_eq!(
@@ -881,6 +960,36 @@ mod tests {
                 .unwrap_err();
             assert!(format!("{err:#}").contains("cdn_hosts"), "{err:#}");
         }
+    }
+
+    #[test]
+    fn lease_timings_are_read_and_checked_against_each_other() {
+        let defaults = Config::default().cluster;
+        assert_eq!(defaults.lease_ttl(), Duration::from_secs(15));
+        assert_eq!(defaults.poll(), Duration::from_secs(1));
+        let config = Config::from_toml("[cluster]\nlease_ttl_s = 2.5\npoll_s = 0.2\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.cluster.lease_ttl(), Duration::from_millis(2500));
+        assert_eq!(config.cluster.poll(), Duration::from_millis(200));
+        for (text, key) in [
+            ("lease_ttl_s = 0", "cluster.lease_ttl_s"),
+            ("lease_ttl_s = -3", "cluster.lease_ttl_s"),
+            ("lease_ttl_s = nan", "cluster.lease_ttl_s"),
+            ("poll_s = inf", "cluster.poll_s"),
+            ("poll_s = 0.0", "cluster.poll_s"),
+            (
+                "lease_ttl_s = 2.0\npoll_s = 1.0",
+                "more than twice `cluster.poll_s`",
+            ),
+            ("poll_s = 10", "more than twice `cluster.poll_s`"),
+        ] {
+            let err = Config::from_toml(&format!("[cluster]\n{text}\n"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
+        }
+        assert!(Config::from_toml("[cluster]\nlease_ttl = 5\n").is_err());
     }
 
     #[test]

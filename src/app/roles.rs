@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::{prompt_expander, shutdown_signal, spawn_engine, App};
+use super::{gpu, prompt_expander, shutdown_signal, spawn_engine, App, Startup};
 use crate::config::Config;
 use crate::core::cluster::{worker_id, Role, WorkerOptions};
 use crate::core::store::Location;
@@ -17,6 +17,7 @@ use crate::discord::notifier::{DiscordNotifier, NotifierOptions};
 use crate::discord::{proxy_base, BotOptions};
 use crate::engine::EngineHandle;
 use crate::models::config::Variant;
+use crate::ops::{Metrics, OpsServer};
 
 /// What `floor33 serve` was asked to be.
 #[derive(Debug, Clone, Default)]
@@ -41,20 +42,44 @@ pub fn check_role(config: &Config, options: &ServeOptions) -> Result<()> {
     Ok(())
 }
 
-fn bot_options(config: &Config, token: String) -> BotOptions {
+fn bot_options(config: &Config, token: String, metrics: &Metrics) -> BotOptions {
     BotOptions {
         token,
         api_base: proxy_base(&config.discord.api_base),
         dev_guild: config.discord.dev_guild_id,
         download: config.download_policy(),
-        notifier: NotifierOptions::default(),
-        video_shape: None,
+        notifier: NotifierOptions {
+            metrics: metrics.clone(),
+            ..NotifierOptions::default()
+        },
+        video_shape: config.discord.video_shape_for_tests,
     }
 }
 
-/// `--role gateway`: Discord in, jobs into the database; no model is loaded.
+/// The ops listener when `[ops] listen` is set, serving the process's one [`Metrics`]; up
+/// before the store and the models, so `/healthz` answers while they come up.
+async fn start_ops(
+    config: &Config,
+    metrics: &Metrics,
+    startup: &Startup,
+) -> Result<Option<OpsServer>> {
+    match config.ops.listen_addr()? {
+        Some(addr) => Ok(Some(
+            OpsServer::start(addr, metrics.clone(), startup.readiness()).await?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `--role gateway`: Discord in, jobs into the database; no model is loaded. Its `/metrics`
+/// counts what it sees (requests, refusals, Discord errors) and reads the queue's depth and
+/// waiting times from the database, so they cover every worker; `/readyz` is the store's.
 pub async fn serve_gateway(config: Config, token: String) -> Result<()> {
-    let service_config = config.service_config();
+    let metrics = Metrics::new();
+    let startup = Startup::default();
+    let ops = start_ops(&config, &metrics, &startup).await?;
+    let mut service_config = config.service_config();
+    service_config.metrics = metrics.clone();
     let store = StoreHandle::open(service_config.database.clone())
         .await
         .with_context(|| format!("opening the database {}", service_config.database))?;
@@ -65,19 +90,22 @@ pub async fn serve_gateway(config: Config, token: String) -> Result<()> {
         .map(|v| Variant::parse(&v.name))
         .collect::<Result<Vec<_>, _>>()?;
     let engine = EngineHandle::without_models(variants);
+    let _ = startup.engine.set(engine.clone());
     // Only to offer `expand`: the workers run the expansion.
-    let expander = prompt_expander(&config, &crate::ops::Metrics::new())?;
-    let connected = crate::discord::connect(bot_options(&config, token)).await?;
+    let expander = prompt_expander(&config, &metrics)?;
+    let connected = crate::discord::connect(bot_options(&config, token, &metrics)).await?;
     let service = JobService::start_gateway(
         service_config,
         store,
         engine,
         connected.notifier(),
         expander,
+        config.cluster.poll(),
     )
     .await
     .context("starting the gateway")?;
     let bot = connected.serve(service.clone())?;
+    let _ = startup.service.set(service.clone());
     let mut app = App { service, bot };
     tracing::info!("floor33 gateway is serving; stop with Ctrl-C or SIGTERM");
     tokio::select! {
@@ -85,16 +113,24 @@ pub async fn serve_gateway(config: Config, token: String) -> Result<()> {
         _ = app.wait_client() => tracing::error!("the Discord connection ended"),
     }
     app.shutdown(ShutdownMode::Requeue).await;
+    if let Some(ops) = ops {
+        ops.stop().await;
+    }
     Ok(())
 }
 
 /// `--role worker`: claims jobs from the database, runs them on this process's device and
-/// delivers them through Discord's REST API.
+/// delivers them through Discord's REST API. Its `/metrics` has its own jobs (states, step and
+/// job durations, LLM fallbacks, Discord errors), its GPU's memory and the shared queue depth.
 pub async fn serve_worker(mut config: Config, token: String, options: ServeOptions) -> Result<()> {
     if let Some(device) = &options.device {
         config.engine.device = device.clone();
     }
-    let service_config = config.service_config();
+    let metrics = Metrics::new();
+    let startup = Startup::default();
+    let ops = start_ops(&config, &metrics, &startup).await?;
+    let mut service_config = config.service_config();
+    service_config.metrics = metrics.clone();
     let Location::Postgres(url) = service_config.database.clone() else {
         bail!("a worker needs `[database] url`");
     };
@@ -102,13 +138,16 @@ pub async fn serve_worker(mut config: Config, token: String, options: ServeOptio
         .await
         .with_context(|| format!("opening the database {}", service_config.database))?;
     let device_lock = lock_device(&service_config.database, &config.engine.device).await?;
-    let engine = spawn_engine(&config)?;
+    // Loading blocks for minutes; keep the runtime's other workers (the listener) serving.
+    let (engine, device) = tokio::task::block_in_place(|| spawn_engine(&config))?;
+    let _ = startup.engine.set(engine.clone());
     tracing::info!(
         variants = ?engine.variants().iter().map(|v| v.name()).collect::<Vec<_>>(),
         device = %config.engine.device,
         "models loaded"
     );
-    let expander = prompt_expander(&config, &crate::ops::Metrics::new())?;
+    let gpu = gpu::watch_gpu_memory(device, metrics.clone());
+    let expander = prompt_expander(&config, &metrics)?;
     let api_base = proxy_base(&config.discord.api_base);
     let http = build_http(&token, api_base.as_deref())?;
     let app = http
@@ -118,18 +157,33 @@ pub async fn serve_worker(mut config: Config, token: String, options: ServeOptio
     http.set_application_id(app.id);
     let notifier = Arc::new(DiscordNotifier::new(
         Arc::new(http),
-        NotifierOptions::default(),
+        NotifierOptions {
+            metrics: metrics.clone(),
+            ..NotifierOptions::default()
+        },
     ));
-    let worker = WorkerOptions::new(worker_id(&config.engine.device), url);
+    let worker = WorkerOptions {
+        id: worker_id(&config.engine.device),
+        url,
+        lease_ttl: config.cluster.lease_ttl(),
+        poll: config.cluster.poll(),
+    };
     let service =
         JobService::start_worker(service_config, store, engine, notifier, expander, worker)
             .await
             .context("starting the worker")?;
+    let _ = startup.service.set(service.clone());
     tracing::info!("floor33 worker is running; stop with Ctrl-C or SIGTERM");
     shutdown_signal().await;
     tracing::info!("shutting down");
     service.shutdown(ShutdownMode::Requeue).await;
     drop(device_lock);
+    if let Some(gpu) = gpu {
+        gpu.abort();
+    }
+    if let Some(ops) = ops {
+        ops.stop().await;
+    }
     tracing::info!("floor33 worker stopped");
     Ok(())
 }

@@ -11,6 +11,18 @@
 //!   holds only while it still holds the lease, so a job that went to another worker (ours
 //!   stalled or died) is ended and delivered by that one alone. Idle workers wait on LISTEN
 //!   (and poll, in case a notification was missed); any worker gives back leases that ran out.
+//!
+//! Delivery across workers. Each worker writes its MP4 to its own `results_dir` (local disk,
+//! per host: nothing but the database is shared), and the worker that ran a job delivers it.
+//! The lease does not end with the run: the worker keeps renewing it until the job is
+//! delivered. If it dies between "done" and "delivered", its lease runs out and any worker
+//! takes the delivery over ([`Store::claim_undelivered`](super::store::Store::claim_undelivered))
+//! — from the database, where a worker's `done` stores the MP4 in the same transaction (and
+//! "delivered" drops it), since the dead worker's disk may be on a host that is gone too. The
+//! video is a few MB at most (Discord's upload limit), held only until delivery. What stays
+//! out of reach is a worker that dies inside the upload itself, after Discord took it and
+//! before "delivered" is written: the next worker sends it again, as a restarted single
+//! process would.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -80,22 +92,12 @@ pub struct WorkerOptions {
     pub id: String,
     /// The PostgreSQL URL, for LISTEN.
     pub url: String,
-    /// How long a claim holds without a renewal; a dead worker's job runs again after this.
+    /// How long a claim holds without a renewal; a dead worker's job runs again after this
+    /// (`[cluster] lease_ttl_s`).
     pub lease_ttl: Duration,
     /// Longest idle wait between two looks at the queue (LISTEN usually wakes it sooner);
-    /// also the heartbeat interval while a job runs.
+    /// also the heartbeat interval while a job runs (`[cluster] poll_s`).
     pub poll: Duration,
-}
-
-impl WorkerOptions {
-    pub fn new(id: String, url: String) -> Self {
-        WorkerOptions {
-            id,
-            url,
-            lease_ttl: Duration::from_secs(15),
-            poll: Duration::from_secs(1),
-        }
-    }
 }
 
 /// A worker id from the host name, the device and the process id, e.g. `gpu1-cuda.0-4242`.
@@ -115,17 +117,22 @@ pub fn worker_id(device: &str) -> String {
 impl JobService {
     /// The gateway: stores and queues jobs for the workers; runs none itself. `engine` names
     /// the variants the workers serve ([`EngineHandle::without_models`]); `expander` only says
-    /// that jobs may ask for expansion (the workers run it).
+    /// that jobs may ask for expansion (the workers run it). Every `poll` the gateway's queue
+    /// view follows what the workers took.
     pub async fn start_gateway(
         config: ServiceConfig,
         store: StoreHandle,
         engine: EngineHandle,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
+        poll: Duration,
     ) -> Result<JobService, ServiceError> {
         let (queued, last_round) = store
             .call(|s| Ok((s.jobs_in_state(JobState::Queued)?, s.last_started_round()?)))
             .await?;
+        // Its own queue view misses what workers took and gave back: the depth is the database's.
+        config.metrics.follow_shared_queue();
+        config.metrics.set_shared_queue_depth(queued.len());
         let mut scheduler = Scheduler::new(config.global_cap);
         scheduler.resume_from_round(last_round);
         let mut active = HashMap::new();
@@ -133,6 +140,14 @@ impl JobService {
             scheduler.restore(job.id, job.origin.user_id, job.round);
             active.insert(job.id, job);
         }
+        // Its own last notices (a cancel of a waiting job) that a stop cut short; videos are
+        // the workers' to deliver.
+        let undelivered: Vec<JobRecord> = store
+            .call(|s| s.undelivered_without_lease())
+            .await?
+            .into_iter()
+            .filter(|job| job.state != JobState::Done)
+            .collect();
         let service = Self::launch(Parts {
             config,
             store,
@@ -141,11 +156,11 @@ impl JobService {
             expander,
             scheduler,
             active,
-            undelivered: Vec::new(),
+            undelivered,
             lost: Vec::new(),
             membership: Membership::Gateway,
         });
-        tokio::spawn(follow_workers(service.inner.clone()));
+        tokio::spawn(follow_workers(service.inner.clone(), poll));
         Ok(service)
     }
 
@@ -159,8 +174,16 @@ impl JobService {
         options: WorkerOptions,
     ) -> Result<JobService, ServiceError> {
         create_results_dir(&config).await?;
+        // Its own queue holds the one job it claimed: the depth is the database's.
+        config.metrics.follow_shared_queue();
         let id = options.id.clone();
-        store.call(move |s| s.guard_writes_with_lease(&id)).await?;
+        store
+            .call(move |s| {
+                s.guard_writes_with_lease(&id)?;
+                s.keep_videos_until_delivered();
+                Ok(())
+            })
+            .await?;
         let url = options.url.clone();
         let events = tokio::task::spawn_blocking(move || listen::listen(&url))
             .await
@@ -267,12 +290,14 @@ impl Inner {
 }
 
 /// The gateway's view follows the database: jobs a worker took (or that ended) leave its
-/// queue, and the members behind them hear their new place.
-async fn follow_workers(inner: Arc<Inner>) {
+/// queue, and the members behind them hear their new place. The queue depth and the waiting
+/// times of the jobs that started are read from the database too, so the gateway's `/metrics`
+/// covers every worker.
+async fn follow_workers(inner: Arc<Inner>, poll: Duration) {
     let mut stop = inner.stop.subscribe();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(poll) => {}
             _ = stop.changed() => return,
         }
         let queued = match inner.store.call(|s| s.queued_ids()).await {
@@ -282,7 +307,8 @@ async fn follow_workers(inner: Arc<Inner>) {
                 continue;
             }
         };
-        let left = {
+        inner.config.metrics.set_shared_queue_depth(queued.len());
+        let gone: Vec<JobId> = {
             let mut state = inner.state.lock().unwrap();
             let gone: Vec<JobId> = state
                 .scheduler
@@ -295,11 +321,39 @@ async fn follow_workers(inner: Arc<Inner>) {
                 state.scheduler.cancel(*id);
                 state.active.remove(id);
             }
-            !gone.is_empty()
+            gone
         };
-        if left {
+        if !gone.is_empty() {
+            count_waits(&inner, gone).await;
             inner.broadcast_positions().await;
         }
+    }
+}
+
+/// Observes how long each job that left the gateway's queue waited, for those a worker
+/// started (a job cancelled while waiting never started).
+async fn count_waits(inner: &Arc<Inner>, ids: Vec<JobId>) {
+    let jobs = inner
+        .store
+        .call(move |s| {
+            ids.into_iter()
+                .filter_map(|id| s.job(id).transpose())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+    match jobs {
+        Ok(jobs) => {
+            for job in jobs {
+                if let Some(started) = job.started_at {
+                    let waited = started.duration_since(job.created_at).unwrap_or_default();
+                    inner
+                        .config
+                        .metrics
+                        .job_started_elsewhere(job.spec.variant, waited);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not read the started jobs"),
     }
 }
 
@@ -325,12 +379,21 @@ async fn work(
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not release expired leases"),
         }
-        let (idle, running) = {
+        match inner.store.call(|s| s.queued_count()).await {
+            Ok(n) => inner.config.metrics.set_shared_queue_depth(n),
+            Err(e) => tracing::warn!(error = %e, "could not count the queue"),
+        }
+        take_over_deliveries(&inner, &worker, options.lease_ttl).await;
+        let (idle, running, delivering) = {
             let state = inner.state.lock().unwrap();
             let idle =
                 state.accepting && state.running.is_none() && state.scheduler.waiting_len() == 0;
-            (idle, state.running.as_ref().map(|r| r.id))
+            let delivering: Vec<JobId> = state.delivering.iter().copied().collect();
+            (idle, state.running.as_ref().map(|r| r.id), delivering)
         };
+        for id in delivering {
+            renew_delivery(&inner, &worker, id, options.lease_ttl).await;
+        }
         if idle {
             if claim(&inner, &worker, options.lease_ttl).await {
                 continue;
@@ -393,6 +456,49 @@ async fn renew(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
             stop_running(inner, id, StopReason::Shutdown);
         }
         Err(e) => tracing::warn!(job = %id, error = %e, "could not renew the lease"),
+    }
+}
+
+/// Most finished jobs of dead workers one look takes over for delivery.
+const TAKE_OVER_AT_ONCE: usize = 4;
+
+/// Delivers the finished jobs whose worker died before delivering them: each is taken under
+/// this worker's lease (so no other worker delivers it too) and sent from the MP4 kept in the
+/// database. Taken even while this worker runs a job: delivery does not need the GPU.
+async fn take_over_deliveries(inner: &Arc<Inner>, worker: &str, ttl: Duration) {
+    if !inner.state.lock().unwrap().accepting {
+        return;
+    }
+    let (w, now) = (worker.to_string(), SystemTime::now());
+    match inner
+        .store
+        .call(move |s| s.claim_undelivered(&w, now, ttl, TAKE_OVER_AT_ONCE))
+        .await
+    {
+        Ok(jobs) => {
+            for job in jobs {
+                tracing::info!(job = %job.id, worker, "delivering a job whose worker stopped before it did");
+                inner.spawn_delivery(job);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not look for undelivered jobs"),
+    }
+}
+
+/// Keeps the lease on a job being delivered, so no other worker takes its delivery over. A
+/// lost one (this worker stalled past it) cannot be recalled from Discord; the store refuses
+/// this worker's "delivered" then, and the log says why the member may get it twice.
+async fn renew_delivery(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
+    let (w, now) = (worker.to_string(), SystemTime::now());
+    match inner
+        .store
+        .call(move |s| s.renew_lease(id, &w, now, ttl))
+        .await
+    {
+        Ok(true) => {}
+        // Delivered meanwhile (the set is cleared just after), or taken over.
+        Ok(false) => tracing::debug!(job = %id, "delivery lease not renewed"),
+        Err(e) => tracing::warn!(job = %id, error = %e, "could not renew the delivery lease"),
     }
 }
 

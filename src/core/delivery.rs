@@ -53,8 +53,20 @@ impl Inner {
         let Some(path) = job.result_path.clone() else {
             return self.give_up(id, "the job has no video file".into()).await;
         };
+        // A worker's video is kept in the database until delivered (any worker may deliver
+        // it, see `cluster`); a single process reads its own file.
+        let kept = match self.store.call(move |s| s.job_video(id)).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                return tracing::warn!(job = %id, error = %e, "delivery postponed: the database did not answer")
+            }
+        };
         let read_path = path.clone();
-        let mp4 = match tokio::task::spawn_blocking(move || std::fs::read(&read_path)).await {
+        let read = move || match kept {
+            Some(bytes) => Ok(bytes),
+            None => std::fs::read(&read_path),
+        };
+        let mp4 = match tokio::task::spawn_blocking(read).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
                 return self

@@ -65,6 +65,17 @@ fn gpu_peaks(_: &Device) -> (Option<u64>, Option<u64>, Option<u64>) {
     (None, None, None)
 }
 
+/// (in use, total) bytes of the whole CUDA device `device` runs on, all processes together
+/// (`cuMemGetInfo`, what nvidia-smi shows); `None` on a CPU or when the driver does not answer.
+pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        return cuda_pool::device_memory(cuda).ok();
+    }
+    let _ = device;
+    None
+}
+
 /// `VmHWM` of this process in bytes.
 pub fn host_peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -139,8 +150,13 @@ mod cuda_pool {
     }
 
     pub fn device_used(device: &CudaDevice) -> Result<u64, DriverError> {
+        device_memory(device).map(|(used, _)| used)
+    }
+
+    /// (total − free, total) of the device.
+    pub fn device_memory(device: &CudaDevice) -> Result<(u64, u64), DriverError> {
         device.cuda_stream().context().bind_to_thread()?;
         let (free, total) = result::mem_get_info()?;
-        Ok((total - free) as u64)
+        Ok(((total - free) as u64, total as u64))
     }
 }

@@ -5,6 +5,7 @@
 //! core, the engine and the adapters each hold one and call it inline.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ pub struct Metrics {
 struct Inner {
     registry: Registry,
     queue_depth: Gauge,
+    /// Set when the queue is a shared database's: the per-process counts are ignored.
+    shared_queue: AtomicBool,
     queue_wait: HistogramFamily<VariantLabels>,
     jobs: Family<JobLabels, Counter>,
     jobs_running: Family<VariantLabels, Gauge>,
@@ -101,6 +104,7 @@ impl Metrics {
         let mut inner = Inner {
             registry: Registry::with_prefix("floor33"),
             queue_depth: Gauge::default(),
+            shared_queue: AtomicBool::new(false),
             queue_wait: Family::new_with_constructor(wait_and_job_buckets),
             jobs: Family::default(),
             jobs_running: Family::default(),
@@ -184,9 +188,33 @@ impl Metrics {
         }
     }
 
-    /// The number of jobs waiting, as the queue's owner counts them.
+    /// The number of jobs waiting, as this process's queue counts them. Ignored once
+    /// [`Metrics::follow_shared_queue`] was called: then that count is not the whole queue.
     pub fn set_queue_depth(&self, waiting: usize) {
+        if !self.inner.shared_queue.load(Ordering::Relaxed) {
+            self.inner.queue_depth.set(saturating_i64(waiting as u64));
+        }
+    }
+
+    /// From now on `queue_depth` is what [`Metrics::set_shared_queue_depth`] reads from the
+    /// database that several processes share (a gateway's or a worker's own queue holds only
+    /// part of it).
+    pub fn follow_shared_queue(&self) {
+        self.inner.shared_queue.store(true, Ordering::Relaxed);
+    }
+
+    /// The number of jobs waiting in the shared database.
+    pub fn set_shared_queue_depth(&self, waiting: usize) {
         self.inner.queue_depth.set(saturating_i64(waiting as u64));
+    }
+
+    /// A job that waited `waited` was started by another process (a gateway learns it from the
+    /// database): counted in `queue_wait_seconds` only, the starting process counts the rest.
+    pub fn job_started_elsewhere(&self, variant: Variant, waited: Duration) {
+        self.inner
+            .queue_wait
+            .get_or_create(&variant_labels(variant))
+            .observe(waited.as_secs_f64());
     }
 
     /// A job was accepted into the queue (or put back in it at start-up).
@@ -363,6 +391,22 @@ mod tests {
             .contains("floor33_job_duration_seconds_sum{variant=\"tiny\",state=\"done\"} 1.5\n"));
         assert!(text.contains("floor33_queue_wait_seconds_count{variant=\"tiny\"} 1\n"));
         assert!(text.contains("floor33_build_info{version=\""), "{text}");
+    }
+
+    #[test]
+    fn a_shared_queue_depth_wins_over_the_local_count() {
+        let m = Metrics::new();
+        m.set_queue_depth(3);
+        assert!(m.encode().contains("floor33_queue_depth 3\n"));
+        m.follow_shared_queue();
+        m.set_shared_queue_depth(40);
+        m.set_queue_depth(1);
+        let text = m.encode();
+        assert!(text.contains("floor33_queue_depth 40\n"), "{text}");
+        m.job_started_elsewhere(Variant::Tiny, Duration::from_secs(2));
+        let text = m.encode();
+        assert!(text.contains("floor33_queue_wait_seconds_count{variant=\"tiny\"} 1\n"));
+        assert!(!text.contains("floor33_jobs_running{"), "{text}");
     }
 
     #[test]

@@ -1,15 +1,20 @@
-//! `floor33 serve --role gateway` and two `--role worker` processes on one fresh PostgreSQL
-//! database, against the loopback fake Discord, with the tiny models on the CPU:
-//! - a burst of 20 `/t2v` from 5 members: every one acknowledged, run once and delivered once,
-//!   claimed in fair order (rounds per member) and spread over both workers;
-//! - SIGKILL of the worker running a long job: its lease runs out and the other worker runs
-//!   the job again; one video;
-//! - `/cancel` from Discord reaches the worker running the job: it ends cancelled, no video.
+//! `floor33 serve --role gateway` and `--role worker` processes on one fresh PostgreSQL
+//! database, against the loopback fake Discord, with the tiny model on the CPU (one step, 2
+//! frames of 16×16, no previews, a 10 s lease renewed every 0.5 s):
+//! - a burst of 100 `/t2v` from 10 members on one gateway and two workers: every one
+//!   acknowledged once, run once and delivered once, claimed in fair order (rounds per
+//!   member) and spread over both workers; `/metrics` of the gateway and the workers agree;
+//! - `/cancel` from Discord reaches the worker running the job: it ends cancelled, no video;
+//! - SIGKILL of a worker between "done" and "delivered" (its upload hangs): the other worker
+//!   delivers the video it kept in the database; one video;
+//! - SIGKILL of the worker running a long job: its lease runs out and another worker runs the
+//!   job again; one video.
 //!
 //! Skipped (with a line on stderr) when no PostgreSQL server answers.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -19,9 +24,12 @@ use super::support::discord_bot::{spawn_role, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
 use super::support::pg::FreshPg;
+use super::support::prometheus::{free_addr, scrape, value, Sample};
 
-const MEMBERS: u64 = 5;
-const PER_MEMBER: u64 = 4;
+const MEMBERS: u64 = 10;
+const PER_MEMBER: u64 = 10;
+/// Steps of a job that must still run when the test cancels it or kills its worker.
+const LONG: u64 = 500;
 
 /// One row of `jobs` as the test reads it.
 #[derive(Debug, Clone)]
@@ -68,8 +76,12 @@ fn rows(pg: &FreshPg) -> Vec<Row> {
     .unwrap()
 }
 
-fn write_config(dir: &Path, name: &str, pg: &FreshPg) -> std::path::PathBuf {
+/// One process's config: a tiny run of the tiny model (one step, 2 frames of 16×16, no
+/// previews; a long job is many steps) and short lease timings, so the burst costs little CI
+/// time. The lease stays well above the poll: a loaded CI machine delays renewals.
+fn write_config(dir: &Path, name: &str, pg: &FreshPg, listen: Option<SocketAddr>) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
+    let ops = listen.map_or(String::new(), |a| format!("[ops]\nlisten = \"{a}\"\n"));
     std::fs::write(
         &path,
         format!(
@@ -84,12 +96,23 @@ name = "tiny"
 url = "{}"
 results_dir = "{}"
 
+[discord]
+video_shape_for_tests = {{ height = 16, width = 16, frames = 2 }}
+
+[limits]
+preview_every_s = 0
+max_steps = 1000
+
+[cluster]
+lease_ttl_s = 10.0
+poll_s = 0.5
+
 [defaults]
 default_variant = "tiny"
-default_steps = 2
-max_steps = 200
+default_steps = 1
+max_steps = 1000
 member_waiting_limit = {PER_MEMBER}
-"#,
+{ops}"#,
             pg.url,
             dir.join(format!("results-{name}")).display()
         ),
@@ -121,6 +144,31 @@ async fn wait_rows(pg: &FreshPg, what: &str, timeout: Duration, cond: impl Fn(&[
     }
 }
 
+/// Scrapes `addr` until `cond` holds on what it serves (a gateway learns from the database
+/// every poll), and returns that scrape.
+async fn wait_metrics(
+    addr: SocketAddr,
+    what: &str,
+    cond: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let samples = scrape(addr).await;
+        if cond(&samples) {
+            return samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what} on {addr}: {samples:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tiny(samples: &[Sample], name: &str, state: &str) -> f64 {
+    value(samples, name, &[("variant", "tiny"), ("state", state)])
+}
+
 struct Procs(Vec<Child>);
 
 impl Drop for Procs {
@@ -132,15 +180,37 @@ impl Drop for Procs {
     }
 }
 
+impl Procs {
+    /// SIGKILLs the worker that holds `token`'s job and returns its lease owner id.
+    fn kill_holder(&mut self, pg: &FreshPg, token: &str) -> String {
+        let holder = rows(pg)
+            .into_iter()
+            .find(|j| j.token == token)
+            .and_then(|j| j.lease_owner)
+            .expect("a lease holder");
+        let victim = self
+            .0
+            .iter()
+            .position(|c| holder.ends_with(&format!("-{}", c.id())))
+            .expect("the holder is one of our workers");
+        assert_ne!(victim, 0, "the gateway runs no job");
+        let mut dead = self.0.remove(victim);
+        kill(&dead, "-KILL");
+        let _ = dead.wait();
+        holder
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_cancel() {
+async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_cancel() {
     let Some(pg) = FreshPg::create("roles") else {
         return;
     };
     let fake = FakeDiscord::start().await;
     let dir = Scratch::new("roles");
     let log = |n: &str| dir.0.join(format!("{n}.log"));
-    let gateway_cfg = write_config(&dir.0, "gateway", &pg);
+    let ops = [free_addr(), free_addr(), free_addr()];
+    let gateway_cfg = write_config(&dir.0, "gateway", &pg, Some(ops[0]));
     let mut procs = Procs(vec![spawn_role(
         &fake,
         &gateway_cfg,
@@ -159,7 +229,7 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
                 vec![option("prompt", json!(format!("member {m} scene {k}")))],
             );
             spec.invoker = Invoker::numbered(m);
-            sent.push((m, fake.send_command(&spec).0));
+            sent.push(fake.send_command(&spec).0);
         }
     }
     let total = (MEMBERS * PER_MEMBER) as usize;
@@ -167,45 +237,45 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
         r.len() == total
     })
     .await;
-    for (_, token) in &sent {
-        let acks = fake
-            .requests()
+    let requests = fake.requests();
+    for token in &sent {
+        let acks = requests
             .iter()
             .filter(|r| r.path.ends_with(&format!("/{token}/callback")))
             .count();
         assert_eq!(acks, 1, "{token} acknowledged once");
     }
+    let gateway = wait_metrics(ops[0], "the burst queued", |m| {
+        value(m, "floor33_queue_depth", &[]) == total as f64
+    })
+    .await;
+    assert_eq!(tiny(&gateway, "floor33_jobs_total", "queued"), total as f64);
 
-    let worker_cfg = [
-        write_config(&dir.0, "worker-a", &pg),
-        write_config(&dir.0, "worker-b", &pg),
-    ];
-    procs.0.push(spawn_role(
-        &fake,
-        &worker_cfg[0],
-        "worker",
-        &log("worker-a"),
-    ));
-    procs.0.push(spawn_role(
-        &fake,
-        &worker_cfg[1],
-        "worker",
-        &log("worker-b"),
-    ));
-
-    for (_, token) in &sent {
-        wait_video(&fake, token, Duration::from_secs(300)).await;
+    for (i, name) in ["worker-a", "worker-b"].into_iter().enumerate() {
+        let cfg = write_config(&dir.0, name, &pg, Some(ops[i + 1]));
+        procs.0.push(spawn_role(&fake, &cfg, "worker", &log(name)));
     }
+
+    // One wait for all (not one per job): every job done and its delivery confirmed.
     wait_rows(
         &pg,
         "every job done and delivered",
-        Duration::from_secs(30),
+        Duration::from_secs(300),
         |r| r.iter().all(|j| j.state == "done" && j.delivered),
     )
     .await;
     let done = rows(&pg);
-    for (_, token) in &sent {
-        assert_eq!(videos(&fake, Some(token)).len(), 1, "{token}: one video");
+    let requests = fake.requests();
+    for token in &sent {
+        let posted = requests
+            .iter()
+            .filter(|r| {
+                r.path.contains(token.as_str())
+                    && r.status == 200
+                    && r.files.iter().any(|f| f.filename.ends_with(".mp4"))
+            })
+            .count();
+        assert_eq!(posted, 1, "{token}: one video");
     }
     // Fair order: claims follow (round, id); two workers claiming within a few milliseconds
     // of each other may record their starts in either order, nothing more.
@@ -240,65 +310,67 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
     let workers: HashSet<String> = done.iter().filter_map(|r| r.lease_owner.clone()).collect();
     assert_eq!(workers.len(), 2, "both workers ran jobs: {workers:?}");
 
-    // SIGKILL of the worker running a long job: the other one runs it again, one video.
-    let long = |prompt: &str| {
-        let mut spec = CommandSpec::new(
-            "t2v",
-            vec![option("prompt", json!(prompt)), option("steps", json!(25))],
-        );
-        spec.invoker = Invoker::numbered(9);
-        fake.send_command(&spec).0
-    };
-    let token = long("survives a dead worker");
-    wait_rows(&pg, "the long job running", Duration::from_secs(60), |r| {
-        r.iter().any(|j| j.token == token && j.state == "running")
+    // What each process serves: the gateway sees the whole queue (from the database), each
+    // worker its own runs; together they count every job started once and done once.
+    let gateway = wait_metrics(ops[0], "the gateway's view of the started jobs", |m| {
+        value(
+            m,
+            "floor33_queue_wait_seconds_count",
+            &[("variant", "tiny")],
+        ) == total as f64
     })
     .await;
-    let holder = rows(&pg)
-        .into_iter()
-        .find(|j| j.token == token)
-        .and_then(|j| j.lease_owner)
-        .expect("a lease holder");
-    let victim = procs
-        .0
-        .iter()
-        .position(|c| holder.ends_with(&format!("-{}", c.id())))
-        .expect("the holder is one of our workers");
-    assert_ne!(victim, 0, "the gateway runs no job");
-    let mut dead = procs.0.remove(victim);
-    kill(&dead, "-KILL");
-    let _ = dead.wait();
-    wait_video(&fake, &token, Duration::from_secs(300)).await;
-    // Marked delivered once the upload is confirmed, a moment after the fake recorded it.
-    wait_rows(
-        &pg,
-        "the job done and delivered",
-        Duration::from_secs(30),
-        |r| {
-            r.iter()
-                .any(|j| j.token == token && j.state == "done" && j.delivered)
-        },
-    )
-    .await;
-    let after = rows(&pg).into_iter().find(|j| j.token == token).unwrap();
-    assert_ne!(
-        after.lease_owner.as_deref(),
-        Some(holder.as_str()),
-        "the other worker ran it"
-    );
+    assert_eq!(value(&gateway, "floor33_queue_depth", &[]), 0.0);
     assert_eq!(
-        videos(&fake, Some(&token)).len(),
-        1,
-        "one video after the kill"
+        tiny(&gateway, "floor33_jobs_total", "done"),
+        0.0,
+        "the gateway runs none"
     );
+    let (a, b) = (scrape(ops[1]).await, scrape(ops[2]).await);
+    for (state, want) in [("running", total), ("done", total), ("failed", 0)] {
+        let sum = tiny(&a, "floor33_jobs_total", state) + tiny(&b, "floor33_jobs_total", state);
+        assert_eq!(sum, want as f64, "jobs entering {state} across the workers");
+    }
+    assert_eq!(
+        tiny(&a, "floor33_job_duration_seconds_count", "done")
+            + tiny(&b, "floor33_job_duration_seconds_count", "done"),
+        total as f64
+    );
+    for w in [&a, &b] {
+        assert_eq!(value(w, "floor33_queue_depth", &[]), 0.0);
+        assert!(tiny(w, "floor33_jobs_total", "done") > 0.0, "{w:#?}");
+        // On a CPU there is no GPU memory to report: no series rather than a 0.
+        assert!(!w.iter().any(|s| s.name == "floor33_gpu_memory_used_bytes"));
+    }
+
+    let send = |prompt: &str, steps: u64| {
+        let mut spec = CommandSpec::new(
+            "t2v",
+            vec![
+                option("prompt", json!(prompt)),
+                option("steps", json!(steps)),
+            ],
+        );
+        spec.invoker = Invoker::numbered(MEMBERS + 1);
+        fake.send_command(&spec).0
+    };
+    let running =
+        |token: String| move |r: &[Row]| r.iter().any(|j| j.token == token && j.state == "running");
+    let delivered = |token: String, state: &'static str| {
+        move |r: &[Row]| {
+            r.iter()
+                .any(|j| j.token == token && j.state == state && j.delivered)
+        }
+    };
 
     // `/cancel` from Discord reaches the worker that runs the job.
-    let token = long("cancelled while running");
+    let token = send("cancelled while running", LONG);
+    let wait = Duration::from_secs(60);
     wait_rows(
         &pg,
         "the job to cancel running",
-        Duration::from_secs(60),
-        |r| r.iter().any(|j| j.token == token && j.state == "running"),
+        wait,
+        running(token.clone()),
     )
     .await;
     let id = rows(&pg).into_iter().find(|j| j.token == token).unwrap().id;
@@ -309,19 +381,60 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_
         r.path.contains(&cancel_token) && r.text().contains("stops at its next step")
     })
     .await;
-    wait_rows(
-        &pg,
-        "the job cancelled by its worker",
-        Duration::from_secs(60),
-        |r| {
-            r.iter()
-                .any(|j| j.token == token && j.state == "cancelled" && j.delivered)
-        },
-    )
-    .await;
+    let cancelled = delivered(token.clone(), "cancelled");
+    wait_rows(&pg, "the job cancelled by its worker", wait, cancelled).await;
     assert!(
         videos(&fake, Some(&token)).is_empty(),
         "a cancelled job sends no video"
+    );
+
+    // SIGKILL between "done" and "delivered": its upload hangs, the worker dies; the other
+    // worker delivers the video the dead one kept in the database.
+    fake.stall_videos(true);
+    let token = send("delivered by the survivor", 1);
+    fake.wait_for(wait, "the first upload, hanging", |r| {
+        r.path.contains(&token) && r.status == 0
+    })
+    .await;
+    let holder = procs.kill_holder(&pg, &token);
+    fake.stall_videos(false);
+    wait_video(&fake, &token, wait).await;
+    let done = delivered(token.clone(), "done");
+    wait_rows(&pg, "the job delivered by the survivor", wait, done).await;
+    let after = rows(&pg).into_iter().find(|j| j.token == token).unwrap();
+    assert_ne!(after.lease_owner.as_deref(), Some(holder.as_str()));
+    assert_eq!(videos(&fake, Some(&token)).len(), 1, "one video");
+
+    // SIGKILL of the worker running a long job: another one runs it again, one video.
+    let cfg = write_config(&dir.0, "worker-c", &pg, None);
+    procs
+        .0
+        .push(spawn_role(&fake, &cfg, "worker", &log("worker-c")));
+    let token = send("survives a dead worker", LONG);
+    wait_rows(&pg, "the long job running", wait, running(token.clone())).await;
+    let holder = procs.kill_holder(&pg, &token);
+    wait_video(&fake, &token, Duration::from_secs(300)).await;
+    // Marked delivered once the upload is confirmed, a moment after the fake recorded it.
+    let done = delivered(token.clone(), "done");
+    wait_rows(&pg, "the job done and delivered", wait, done).await;
+    let after = rows(&pg).into_iter().find(|j| j.token == token).unwrap();
+    assert_ne!(
+        after.lease_owner.as_deref(),
+        Some(holder.as_str()),
+        "another worker ran it"
+    );
+    assert_eq!(
+        videos(&fake, Some(&token)).len(),
+        1,
+        "one video after the kill"
+    );
+    let gateway = wait_metrics(ops[0], "an empty queue", |m| {
+        value(m, "floor33_queue_depth", &[]) == 0.0
+    })
+    .await;
+    assert_eq!(
+        tiny(&gateway, "floor33_jobs_total", "queued"),
+        total as f64 + 3.0
     );
 
     for c in &procs.0 {
@@ -355,7 +468,19 @@ async fn a_role_without_its_database_is_refused_before_discord_is_contacted() {
         "[database]\nurl = \"postgres://floor33:hunter2@127.0.0.1:9/floor33?connect_timeout=2\"\n",
     )
     .unwrap();
+    let short_lease = dir.0.join("short-lease.toml");
+    std::fs::write(
+        &short_lease,
+        "[database]\nurl = \"postgres://floor33:hunter2@127.0.0.1:9/floor33\"\n\
+         [cluster]\nlease_ttl_s = 1.5\npoll_s = 1.0\n",
+    )
+    .unwrap();
     let cases = [
+        (
+            &short_lease,
+            "worker",
+            "`cluster.lease_ttl_s` (1.5) must be more than twice",
+        ),
         (&sqlite, "gateway", "PostgreSQL"),
         (&sqlite, "worker", "PostgreSQL"),
         (&sqlite, "gpu", "unknown role \"gpu\""),

@@ -79,3 +79,23 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .find(|s| s.name == name && s.labels == want)
         .map_or(0.0, |s| s.value)
 }
+
+/// Scrapes `http://{addr}/metrics` and reads it with [`parse_exposition`].
+pub async fn scrape(addr: std::net::SocketAddr) -> Vec<Sample> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("scraping {addr}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "/metrics of {addr}");
+    parse_exposition(&response.text().await.unwrap())
+}
+
+/// A loopback address nothing listens on right now (bound, read, released).
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

@@ -60,8 +60,9 @@ impl Store {
         })
     }
 
-    /// Extends `worker`'s lease on a running job to `now + ttl`. `false` when the worker no
-    /// longer holds it (the lease ran out and was released, or the job ended): stop running it.
+    /// Extends `worker`'s lease on a job it runs or delivers to `now + ttl`. `false` when the
+    /// worker no longer holds it (the lease ran out and was taken, or the job is delivered):
+    /// stop working on it.
     pub fn renew_lease(
         &mut self,
         id: JobId,
@@ -72,12 +73,67 @@ impl Store {
         let n = self.with(|db| {
             db.execute(
                 "UPDATE jobs SET lease_expires_at = ?3
-                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'
+                 WHERE id = ?1 AND lease_owner = ?2 AND state <> 'queued' AND delivered = FALSE
                    AND lease_expires_at >= ?4",
                 args![id.0, worker, to_millis(now + ttl), to_millis(now)],
             )
         })?;
         Ok(n == 1)
+    }
+
+    /// Takes over, for `worker`, up to `limit` finished jobs whose worker's lease ran out
+    /// before they were delivered (it died between "done" and "delivered"): they get a new
+    /// lease until `now + ttl`, so their delivery is `worker`'s alone, oldest first. Jobs
+    /// finished without a lease (a single process, a gateway's cancel) are not taken: their
+    /// own process delivers them again at its next start.
+    pub fn claim_undelivered(
+        &mut self,
+        worker: &str,
+        now: SystemTime,
+        ttl: Duration,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let lock = match self.dialect() {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let rows = self.transaction(|db| {
+            db.query(
+                &format!(
+                    "UPDATE jobs SET lease_owner = ?1, lease_expires_at = ?3
+                     WHERE id IN (SELECT id FROM jobs
+                                  WHERE delivered = FALSE
+                                    AND state IN ('done', 'failed', 'cancelled')
+                                    AND lease_owner IS NOT NULL AND lease_expires_at < ?2
+                                  ORDER BY id LIMIT ?4 {lock})
+                     RETURNING {}",
+                    select_columns()
+                ),
+                args![worker, to_millis(now), to_millis(now + ttl), limit as i64],
+            )
+        })?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            match read_job(&row) {
+                Ok(job) => jobs.push(job),
+                // Left for `recover` to quarantine; nobody can be told from an unreadable row.
+                Err(e) => {
+                    tracing::warn!(job = ?row.int(0).ok(), error = %e, "an unreadable finished job was not delivered")
+                }
+            }
+        }
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    /// Finished jobs not yet delivered that no worker holds: a gateway's own notices (a
+    /// cancel of a waiting job) cut short by a stop, delivered again at its next start.
+    pub fn undelivered_without_lease(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.query_jobs(
+            "WHERE state IN ('done', 'failed', 'cancelled') AND delivered = FALSE
+               AND lease_owner IS NULL ORDER BY id",
+            &[],
+        )
     }
 
     /// Running jobs whose lease ran out before `now` go back to waiting, keeping their round

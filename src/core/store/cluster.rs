@@ -78,6 +78,16 @@ impl Store {
         })
     }
 
+    /// How many jobs wait now, across every process sharing the database.
+    pub fn queued_count(&self) -> Result<usize, StoreError> {
+        self.with(|db| {
+            let n = db
+                .query_one("SELECT COUNT(*) FROM jobs WHERE state = 'queued'", &[])?
+                .int(0)?;
+            Ok(n.max(0) as usize)
+        })
+    }
+
     /// The ids of the jobs waiting now.
     pub fn queued_ids(&self) -> Result<HashSet<JobId>, StoreError> {
         self.with(|db| {

@@ -109,6 +109,21 @@ pub const MIGRATIONS: &[Migration] = &[
         ALTER TABLE jobs ADD COLUMN lease_expires_at BIGINT;
         CREATE INDEX jobs_by_turn ON jobs(state, round, id);",
     },
+    // 4: a worker's finished MP4, kept until delivered, so that any worker can deliver a job
+    // whose worker died before it did (see `claims`); the undelivered jobs' index for that
+    // look-up.
+    Migration {
+        sqlite: "CREATE TABLE job_videos (
+            job_id INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+            bytes BLOB NOT NULL
+        );
+        CREATE INDEX jobs_undelivered ON jobs(id) WHERE delivered = FALSE;",
+        postgres: "CREATE TABLE job_videos (
+            job_id BIGINT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+            bytes BYTEA NOT NULL
+        );
+        CREATE INDEX jobs_undelivered ON jobs(id) WHERE delivered = FALSE;",
+    },
 ];
 
 /// The schema version this build writes.

@@ -209,6 +209,9 @@ pub struct Store {
     /// A worker sharing the database: per-job writes apply only while this worker holds the
     /// job's lease (see [`Store::guard_writes_with_lease`]).
     lease_guard: Option<String>,
+    /// `mark_done` also stores the MP4 until it is delivered (see
+    /// [`Store::keep_videos_until_delivered`]).
+    keep_videos: bool,
 }
 
 impl Store {
@@ -228,6 +231,7 @@ impl Store {
             backend,
             location,
             lease_guard: None,
+            keep_videos: false,
         })
     }
 
@@ -343,6 +347,9 @@ impl Store {
         )
     }
 
+    /// The job ended with its video at `result_path`. With
+    /// [`Store::keep_videos_until_delivered`] the file's bytes are stored in the same
+    /// transaction, so the job is never `done` without a video any worker can deliver.
     pub fn mark_done(
         &mut self,
         id: JobId,
@@ -351,17 +358,51 @@ impl Store {
         steps_run: usize,
         prompt_truncated: bool,
     ) -> Result<(), StoreError> {
-        self.update(
-            id,
-            "state = 'done', finished_at = ?2, result_path = ?3, steps_run = ?4, prompt_truncated = ?5, error = NULL",
-            args![
-                id.0,
-                to_millis(now),
-                result_path.to_string_lossy().into_owned(),
-                steps_run as i64,
-                prompt_truncated
-            ],
-        )
+        let set = "state = 'done', finished_at = ?2, result_path = ?3, steps_run = ?4, prompt_truncated = ?5, error = NULL";
+        let args = args![
+            id.0,
+            to_millis(now),
+            result_path.to_string_lossy().into_owned(),
+            steps_run as i64,
+            prompt_truncated
+        ]
+        .to_vec();
+        if !self.keep_videos {
+            return self.update(id, set, &args);
+        }
+        let mp4 = std::fs::read(result_path).map_err(|source| StoreError::Io {
+            path: result_path.to_path_buf(),
+            source,
+        })?;
+        let guard = self.guard_clause();
+        self.transaction(|db| {
+            update_in(db, &guard, id, set, &args)?;
+            db.execute(
+                "INSERT INTO job_videos (job_id, bytes) VALUES (?1, ?2)
+                 ON CONFLICT (job_id) DO UPDATE SET bytes = excluded.bytes",
+                args![id.0, mp4.as_slice()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// From now on [`Store::mark_done`] keeps the MP4 in the database until the job is marked
+    /// delivered: workers on several hosts write results to their own disks, and the worker
+    /// that delivers a dead worker's job (see [`Store::claim_undelivered`]) cannot read those.
+    pub fn keep_videos_until_delivered(&mut self) {
+        self.keep_videos = true;
+    }
+
+    /// The MP4 kept for a finished job that is not delivered yet, if one was kept.
+    pub fn job_video(&self, id: JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|db| {
+            db.query_opt(
+                "SELECT bytes FROM job_videos WHERE job_id = ?1",
+                args![id.0],
+            )?
+            .map(|row| row.bytes(0))
+            .transpose()
+        })
     }
 
     /// Ends a job without a video (`Failed` or `Cancelled`), with the reason in words.
@@ -380,16 +421,24 @@ impl Store {
         )
     }
 
-    /// The outcome reached the member (or delivery was given up, with `error`).
+    /// The outcome reached the member (or delivery was given up, with `error`); a kept MP4
+    /// is dropped with it.
     pub fn mark_delivered(&mut self, id: JobId, error: Option<&str>) -> Result<(), StoreError> {
-        match error {
-            None => self.update(id, "delivered = TRUE", args![id.0]),
-            Some(e) => self.update(
-                id,
-                "delivered = TRUE, error = COALESCE(error || '; ', '') || ?2",
-                args![id.0, format!("delivery failed: {e}")],
-            ),
-        }
+        let guard = self.guard_clause();
+        self.transaction(|db| {
+            match error {
+                None => update_in(db, &guard, id, "delivered = TRUE", args![id.0])?,
+                Some(e) => update_in(
+                    db,
+                    &guard,
+                    id,
+                    "delivered = TRUE, error = COALESCE(error || '; ', '') || ?2",
+                    args![id.0, format!("delivery failed: {e}")],
+                )?,
+            }
+            db.execute("DELETE FROM job_videos WHERE job_id = ?1", args![id.0])?;
+            Ok(())
+        })
     }
 
     pub fn set_expanded_prompt(
@@ -586,21 +635,18 @@ impl Store {
     }
 
     fn update(&mut self, id: JobId, set: &str, args: &[sql::Value]) -> Result<(), StoreError> {
-        // The worker id is ours (see `cluster::worker_id`: letters, digits, `-`, `.`), so it can
-        // stand in the statement without shifting the caller's numbered arguments.
-        let guard = match &self.lease_guard {
+        let guard = self.guard_clause();
+        self.with(|db| update_in(db, &guard, id, set, args))
+    }
+
+    /// The condition that limits a lease-guarded store's writes to its own jobs. The worker id
+    /// is ours (see `cluster::worker_id`: letters, digits, `-`, `.`), so it can stand in the
+    /// statement without shifting the caller's numbered arguments.
+    fn guard_clause(&self) -> String {
+        match &self.lease_guard {
             Some(worker) => format!(" AND lease_owner = '{worker}'"),
             None => String::new(),
-        };
-        let n = self
-            .with(|db| db.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1{guard}"), args))?;
-        if n == 0 {
-            if self.lease_guard.is_some() && self.job(id)?.is_some() {
-                return Err(StoreError::LeaseLost(id));
-            }
-            return Err(StoreError::NoSuchJob(id));
         }
-        Ok(())
     }
 
     /// The readable jobs a query selects; an unreadable row is skipped with a warning (recovery
@@ -618,6 +664,28 @@ impl Store {
             })
             .collect())
     }
+}
+
+/// `UPDATE jobs SET {set}` on job `id` (`?1`) under `guard`; a row that `guard` excludes is
+/// [`StoreError::LeaseLost`], a missing one [`StoreError::NoSuchJob`].
+fn update_in(
+    db: &mut dyn Sql,
+    guard: &str,
+    id: JobId,
+    set: &str,
+    args: &[sql::Value],
+) -> Result<(), StoreError> {
+    if db.execute(&format!("UPDATE jobs SET {set} WHERE id = ?1{guard}"), args)? == 1 {
+        return Ok(());
+    }
+    let exists = db
+        .query_opt("SELECT id FROM jobs WHERE id = ?1", args![id.0])?
+        .is_some();
+    Err(if exists && !guard.is_empty() {
+        StoreError::LeaseLost(id)
+    } else {
+        StoreError::NoSuchJob(id)
+    })
 }
 
 /// Marks an unreadable row `failed` with the reason and says what is known of it.

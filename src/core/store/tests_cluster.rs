@@ -122,3 +122,122 @@ fn notify_reaches_a_listener_and_the_device_lock_is_exclusive() {
         }
     }
 }
+
+#[test]
+fn a_dead_workers_finished_job_is_delivered_once_by_another_from_the_kept_video() {
+    for db in test_dbs() {
+        let name = db.name();
+        let files = tempfile::tempdir().unwrap();
+        let mut a = db.open();
+        let mut b = db.open();
+        for (s, w) in [(&mut a, "worker-a"), (&mut b, "worker-b")] {
+            s.guard_writes_with_lease(w).unwrap();
+            s.keep_videos_until_delivered();
+        }
+        let ttl = Duration::from_secs(5);
+        let t0 = SystemTime::now();
+        let id = a.insert_job(&spec("p"), &origin(1), 1, t0).unwrap();
+        a.claim_next("worker-a", t0, ttl).unwrap().unwrap();
+        // worker-a's result sits on its own disk; `done` keeps a copy in the database.
+        let mp4 = files.path().join("1.mp4");
+        std::fs::write(&mp4, b"\0\0\0\x18ftypisom fake video").unwrap();
+        a.mark_done(id, t0, &mp4, 2, false).unwrap();
+        std::fs::remove_file(&mp4).unwrap();
+        // While worker-a renews its lease (it is delivering), nobody takes the job over.
+        let t1 = t0 + Duration::from_secs(4);
+        assert!(a.renew_lease(id, "worker-a", t1, ttl).unwrap(), "{name}");
+        let t2 = t0 + Duration::from_secs(8);
+        assert!(b
+            .claim_undelivered("worker-b", t2, ttl, 4)
+            .unwrap()
+            .is_empty());
+        // worker-a dies before "delivered": once its lease has run out, worker-b takes it.
+        let t3 = t1 + ttl + Duration::from_secs(1);
+        assert!(b.release_expired_leases(t3).unwrap().is_empty(), "{name}");
+        let taken = b.claim_undelivered("worker-b", t3, ttl, 4).unwrap();
+        assert_eq!(taken.len(), 1, "{name}");
+        assert_eq!((taken[0].id, taken[0].state), (id, JobState::Done));
+        assert_eq!(
+            b.job_video(id).unwrap().as_deref(),
+            Some(&b"\0\0\0\x18ftypisom fake video"[..]),
+            "{name}: the video comes from the database, not worker-a's disk"
+        );
+        // Taken once: neither a second look nor a third worker gets it again.
+        assert!(b
+            .claim_undelivered("worker-b", t3, ttl, 4)
+            .unwrap()
+            .is_empty());
+        let mut c = db.open();
+        c.guard_writes_with_lease("worker-c").unwrap();
+        assert!(c
+            .claim_undelivered("worker-c", t3, ttl, 4)
+            .unwrap()
+            .is_empty());
+        // worker-a, had it only stalled, can no longer say "delivered"; worker-b can.
+        assert!(matches!(
+            a.mark_delivered(id, None),
+            Err(StoreError::LeaseLost(_))
+        ));
+        b.mark_delivered(id, None).unwrap();
+        assert_eq!(
+            b.job_video(id).unwrap(),
+            None,
+            "{name}: dropped once delivered"
+        );
+        assert!(b.undelivered().unwrap().is_empty(), "{name}");
+        let later = t3 + Duration::from_secs(60);
+        assert!(c
+            .claim_undelivered("worker-c", later, ttl, 4)
+            .unwrap()
+            .is_empty());
+        assert!(!b.renew_lease(id, "worker-b", t3, ttl).unwrap(), "{name}");
+    }
+}
+
+#[test]
+fn only_leased_finished_jobs_are_taken_over_and_a_missing_video_fails_done() {
+    for db in test_dbs() {
+        let name = db.name();
+        let mut single = db.open();
+        let now = SystemTime::now();
+        // A single process's undelivered job has no lease: its own restart delivers it.
+        let own = single.insert_job(&spec("p"), &origin(1), 1, now).unwrap();
+        single
+            .mark_ended(own, JobState::Failed, now, "engine said no")
+            .unwrap();
+        assert_eq!(single.undelivered_without_lease().unwrap().len(), 1);
+        let mut w = db.open();
+        w.guard_writes_with_lease("w").unwrap();
+        w.keep_videos_until_delivered();
+        let later = now + Duration::from_secs(3600);
+        let ttl = Duration::from_secs(5);
+        assert!(
+            w.claim_undelivered("w", later, ttl, 4).unwrap().is_empty(),
+            "{name}"
+        );
+        // A worker whose result file is gone cannot mark the job done without its video.
+        let id = w.insert_job(&spec("q"), &origin(2), 1, now).unwrap();
+        w.claim_next("w", now, ttl).unwrap().unwrap();
+        let err = w
+            .mark_done(
+                id,
+                now,
+                std::path::Path::new("/nonexistent/9.mp4"),
+                2,
+                false,
+            )
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{name}: {err}");
+        assert_eq!(w.job(id).unwrap().unwrap().state, JobState::Running);
+        // A failed job of a dead worker is taken over too (its notice), without a video.
+        w.mark_ended(id, JobState::Failed, now, "boom").unwrap();
+        let taken = w.claim_undelivered("w", later, ttl, 4).unwrap();
+        assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(w.job_video(id).unwrap(), None);
+        assert_eq!(
+            single.undelivered_without_lease().unwrap().len(),
+            1,
+            "{name}"
+        );
+    }
+}

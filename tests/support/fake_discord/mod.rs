@@ -1,7 +1,7 @@
 //! A loopback fake Discord: REST under `/api/v10`, a gateway WebSocket at `/ws` and a CDN at
 //! `/cdn/..`, all on 127.0.0.1. It records every request, keeps the messages the bot created so
 //! button clicks can carry them, and injects the faults the bot must survive (dead interaction
-//! tokens, upload limits, a dropped gateway connection).
+//! tokens, upload limits, stalled uploads, a dropped gateway connection).
 
 pub mod payloads;
 
@@ -77,6 +77,8 @@ struct Faults {
     dead_tokens: HashSet<String>,
     /// Uploads with a file bigger than this answer 413 / 40005.
     max_file_bytes: Option<usize>,
+    /// Uploads with an MP4 hang (recorded with status 0) while this is set.
+    stall_videos: bool,
 }
 
 #[derive(Default)]
@@ -238,6 +240,12 @@ impl FakeDiscord {
     /// Uploads with an MP4 larger than `bytes` answer 413 (40005).
     pub fn set_max_file_bytes(&self, bytes: Option<usize>) {
         self.inner.faults.lock().unwrap().max_file_bytes = bytes;
+    }
+
+    /// While `on`, uploads carrying an MP4 are recorded with status 0 and left unanswered, as
+    /// over a link that went dead; once turned off, the parked ones answer 503.
+    pub fn stall_videos(&self, on: bool) {
+        self.inner.faults.lock().unwrap().stall_videos = on;
     }
 
     /// Closes the current gateway connection with close code 4000 (the bot should resume).
@@ -467,6 +475,23 @@ async fn rest(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .unwrap_or(&full_path)
         .to_string();
     let (json, files) = read_body(req).await;
+    let stalled = |inner: &Inner| inner.faults.lock().unwrap().stall_videos;
+    if stalled(&inner) && files.iter().any(|f| f.filename.ends_with(".mp4")) {
+        inner.store.lock().unwrap().requests.push(Recorded {
+            at: Instant::now(),
+            method: method.to_string(),
+            path,
+            auth,
+            json,
+            files,
+            status: 0,
+        });
+        inner.changed.notify_waiters();
+        while stalled(&inner) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let response = route(&inner, &method, &path, json.as_ref(), &files);
     let status = response.status().as_u16();
     inner.store.lock().unwrap().requests.push(Recorded {
