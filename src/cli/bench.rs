@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// Timed VAE decodes of the whole video (after a one-frame warm-up).
     #[arg(long, default_value_t = 1)]
     pub decode_runs: usize,
+    /// Throughput at queue depth N: N jobs of `--steps` steps run one by one (batch 1), then
+    /// the same N as one sampler batch; reports jobs per hour for both (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
     /// Print the report as one JSON object on stdout (nothing else goes to stdout).
     #[arg(long)]
     pub json: bool,
@@ -59,6 +63,22 @@ pub struct BenchReport {
     /// `text_encode`, `unet_step`, `vae_decode`, in that order.
     pub stages: Vec<Stage>,
     pub generation: Option<Generation>,
+    pub throughput: Option<Throughput>,
+}
+
+/// Jobs per hour of `jobs` compatible jobs, alone and as one batch (`--batch`).
+#[derive(Debug, Serialize)]
+pub struct Throughput {
+    pub jobs: usize,
+    pub steps: usize,
+    /// The jobs one after another, each its own sampler loop.
+    pub sequential_s: f64,
+    pub sequential_jobs_per_hour: f64,
+    /// The same jobs in one sampler batch.
+    pub batched_s: f64,
+    pub batched_jobs_per_hour: f64,
+    /// Peak memory of the batched run.
+    pub batched_memory: MemoryPeaks,
 }
 
 /// Timings of one stage in seconds, and its peak memory.
@@ -204,6 +224,11 @@ fn measure(args: &BenchArgs) -> Result<BenchReport> {
     } else {
         None
     };
+    let throughput = match (args.batch, args.steps) {
+        (0, _) => None,
+        (_, 0) => anyhow::bail!("--batch needs --steps > 0"),
+        (jobs, steps) => Some(throughput(&pipeline, variant, &device, steps, jobs)?),
+    };
     Ok(BenchReport {
         variant: variant.to_string(),
         device: device_name(&device),
@@ -214,15 +239,17 @@ fn measure(args: &BenchArgs) -> Result<BenchReport> {
         build,
         stages: vec![text, unet, decode],
         generation,
+        throughput,
     })
 }
 
-fn generate(
+/// A request of the bench's shapes (an image for i2v), and limits that admit it.
+fn bench_request(
     pipeline: &Pipeline,
     variant: Variant,
-    device: &Device,
     steps: usize,
-) -> Result<Generation> {
+    seed: u64,
+) -> (GenerationRequest, Limits) {
     let d = &pipeline.config().defaults;
     let request = GenerationRequest {
         steps,
@@ -236,7 +263,7 @@ fn generate(
                 |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]),
             ))
         }),
-        ..GenerationRequest::with_defaults(variant, "a benchmark of a fox in the snow", 7)
+        ..GenerationRequest::with_defaults(variant, "a benchmark of a fox in the snow", seed)
     };
     let limits = Limits {
         max_side: 4096,
@@ -244,6 +271,16 @@ fn generate(
         max_steps: 1000,
         ..Limits::default()
     };
+    (request, limits)
+}
+
+fn generate(
+    pipeline: &Pipeline,
+    variant: Variant,
+    device: &Device,
+    steps: usize,
+) -> Result<Generation> {
+    let (request, limits) = bench_request(pipeline, variant, steps, 7);
     memory::reset_peaks(device);
     let t = Instant::now();
     let generated = pipeline.generate(&request, &limits, &mut |_| Flow::Continue)?;
@@ -252,6 +289,45 @@ fn generate(
         steps: generated.steps_run,
         total_s: t.elapsed().as_secs_f64(),
         memory: memory::peaks(device),
+    })
+}
+
+fn throughput(
+    pipeline: &Pipeline,
+    variant: Variant,
+    device: &Device,
+    steps: usize,
+    jobs: usize,
+) -> Result<Throughput> {
+    let (first, limits) = bench_request(pipeline, variant, steps, 7);
+    let requests: Vec<GenerationRequest> = (0..jobs as u64)
+        .map(|i| GenerationRequest {
+            seed: 7 + i,
+            ..first.clone()
+        })
+        .collect();
+    let t = Instant::now();
+    for request in &requests {
+        pipeline.generate(request, &limits, &mut |_| Flow::Continue)?;
+    }
+    device.synchronize()?;
+    let sequential_s = t.elapsed().as_secs_f64();
+    memory::reset_peaks(device);
+    let t = Instant::now();
+    for result in pipeline.generate_batch(&requests, &limits, &mut |_, _| Flow::Continue)? {
+        result?;
+    }
+    device.synchronize()?;
+    let batched_s = t.elapsed().as_secs_f64();
+    let per_hour = |seconds: f64| jobs as f64 * 3600.0 / seconds;
+    Ok(Throughput {
+        jobs,
+        steps,
+        sequential_s,
+        sequential_jobs_per_hour: per_hour(sequential_s),
+        batched_s,
+        batched_jobs_per_hour: per_hour(batched_s),
+        batched_memory: memory::peaks(device),
     })
 }
 
@@ -297,6 +373,19 @@ fn print_text(r: &BenchReport) {
             g.steps,
             g.total_s,
             memory_line(&g.memory)
+        );
+    }
+    if let Some(t) = &r.throughput {
+        println!(
+            "{} jobs of {} steps: one by one {:.2}s ({:.0} jobs/hour), one batch {:.2}s \
+             ({:.0} jobs/hour); batch {}",
+            t.jobs,
+            t.steps,
+            t.sequential_s,
+            t.sequential_jobs_per_hour,
+            t.batched_s,
+            t.batched_jobs_per_hour,
+            memory_line(&t.batched_memory)
         );
     }
 }

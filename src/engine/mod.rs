@@ -13,5 +13,5 @@ pub mod request;
 
 pub use actor::{CancelToken, EngineEvent, EngineHandle, JobHandle, JobOptions, Progress};
 pub use error::EngineError;
-pub use pipeline::{Generated, Pipeline};
+pub use pipeline::{batch_compatible, Generated, Pipeline};
 pub use request::{GenerationRequest, Limits};

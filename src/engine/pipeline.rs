@@ -174,6 +174,92 @@ impl Pipeline {
             .check(req, &self.config)
             .map_err(EngineError::BadRequest)?;
         let started = Instant::now();
+        let prepared = self.prepare(req)?;
+        let x_t = noise.next(&self.latent_shape(req).into(), &self.device)?;
+        let ddim = DdimSchedule::new(&self.schedule, req.steps, req.eta);
+        let cond = prepared.conditioning(req);
+        let loop_started = Instant::now();
+        let latents = ddim::sample(
+            &self.networks.unet,
+            &ddim,
+            x_t,
+            &cond,
+            noise,
+            &mut |report| on_step(progress(&report, started, loop_started)),
+        )?
+        .ok_or(EngineError::Cancelled)?;
+        self.finish(req, &prepared, &latents, ddim.steps.len(), started)
+    }
+
+    /// Runs several requests as one sampler batch: each keeps its own seed, prompts, guidance,
+    /// fps and image, and its video equals (up to the floating-point order of a larger batch)
+    /// the one it gets alone. `on_step(i, progress)` sees request `i`'s steps and may stop that
+    /// request alone (its result is then `Cancelled`); the others finish.
+    ///
+    /// Requests that fail their own checks get their error and the rest run; requests that are
+    /// valid but not [`batch_compatible`] with the first valid one make the whole call an error.
+    pub fn generate_batch(
+        &self,
+        reqs: &[GenerationRequest],
+        limits: &Limits,
+        on_step: &mut dyn FnMut(usize, StepProgress) -> Flow,
+    ) -> Result<Vec<Result<Generated, EngineError>>, EngineError> {
+        let started = Instant::now();
+        let mut results: Vec<Option<Result<Generated, EngineError>>> = reqs
+            .iter()
+            .map(|req| {
+                let check = limits.check(req, &self.config);
+                check.err().map(|e| Err(EngineError::BadRequest(e)))
+            })
+            .collect();
+        let valid: Vec<usize> = (0..reqs.len()).filter(|&i| results[i].is_none()).collect();
+        let Some(&first) = valid.first() else {
+            return Ok(results.into_iter().flatten().collect());
+        };
+        if let Some(&odd) = valid
+            .iter()
+            .find(|&&i| !batch_compatible(&reqs[first], &reqs[i]))
+        {
+            return Err(EngineError::BadRequest(format!(
+                "requests {first} and {odd} cannot share a batch: variant, size, frames, steps \
+                 and eta must match"
+            )));
+        }
+        let prepared = valid
+            .iter()
+            .map(|&i| self.prepare(&reqs[i]))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut noises: Vec<SeededNoise> = valid
+            .iter()
+            .map(|&i| SeededNoise::new(reqs[i].seed))
+            .collect();
+        let shape: candle_core::Shape = self.latent_shape(&reqs[first]).into();
+        let mut jobs = Vec::with_capacity(valid.len());
+        for ((&i, prep), noise) in valid.iter().zip(&prepared).zip(noises.iter_mut()) {
+            let x_t = noise.next(&shape, &self.device)?;
+            jobs.push(ddim::BatchJob {
+                x_t,
+                cond: prep.conditioning(&reqs[i]),
+                noise,
+            });
+        }
+        let ddim = DdimSchedule::new(&self.schedule, reqs[first].steps, reqs[first].eta);
+        let loop_started = Instant::now();
+        let latents =
+            ddim::sample_batch(&self.networks.unet, &ddim, &mut jobs, &mut |j, report| {
+                on_step(valid[j], progress(&report, started, loop_started))
+            })?;
+        for ((&i, prep), latent) in valid.iter().zip(&prepared).zip(latents) {
+            results[i] = Some(match latent {
+                Some(latent) => self.finish(&reqs[i], prep, &latent, ddim.steps.len(), started),
+                None => Err(EngineError::Cancelled),
+            });
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+
+    /// The text (and image) conditioning of one request.
+    fn prepare(&self, req: &GenerationRequest) -> Result<Prepared, EngineError> {
         let negative = req.negative.as_deref().unwrap_or("");
         let (contexts, truncated) = self.encode_prompts(&[&req.prompt, negative])?;
         let mut context = contexts.narrow(0, 0, 1)?;
@@ -182,50 +268,40 @@ impl Pipeline {
             context = Tensor::cat(&[&context, &image_tokens.to_dtype(context.dtype())?], 1)?;
             uncond = Tensor::cat(&[&uncond, &grey_tokens.to_dtype(context.dtype())?], 1)?;
         }
+        Ok(Prepared {
+            context,
+            uncond,
+            truncated,
+        })
+    }
 
+    /// `(1, 4, t, h, w)` latents of `req`.
+    fn latent_shape(&self, req: &GenerationRequest) -> (usize, usize, usize, usize, usize) {
         let factor = self.config.vae.downsample_factor();
-        let shape = (
+        (
             1,
             self.config.unet.in_channels,
             req.frames,
             req.height / factor,
             req.width / factor,
-        );
-        let x_t = noise.next(&shape.into(), &self.device)?;
-        let ddim = DdimSchedule::new(&self.schedule, req.steps, req.eta);
-        let cond = Conditioning {
-            context: &context,
-            uncond_context: Some(&uncond),
-            guidance_scale: req.cfg,
-            fps: req.fps as f64,
-        };
-        let loop_started = Instant::now();
-        let latents = ddim::sample(
-            &self.networks.unet,
-            &ddim,
-            x_t,
-            &cond,
-            noise,
-            &mut |report| {
-                let step = report.index + 1;
-                let elapsed = loop_started.elapsed();
-                let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
-                on_step(StepProgress {
-                    step,
-                    total: report.total,
-                    elapsed: started.elapsed(),
-                    remaining,
-                    pred_x0: report.pred_x0,
-                })
-            },
-        )?
-        .ok_or(EngineError::Cancelled)?;
-        let video = self.decode(&latents)?;
+        )
+    }
+
+    /// Decodes one request's final latents into its result.
+    fn finish(
+        &self,
+        req: &GenerationRequest,
+        prepared: &Prepared,
+        latents: &Tensor,
+        steps_run: usize,
+        started: Instant,
+    ) -> Result<Generated, EngineError> {
+        let video = self.decode(latents)?;
         Ok(Generated {
             video: frames_from_tensor(&video.get(0)?, self.config.defaults.save_fps)
                 .map_err(|e| EngineError::Internal(e.to_string()))?,
-            steps_run: ddim.steps.len(),
-            prompt_truncated: truncated,
+            steps_run,
+            prompt_truncated: prepared.truncated,
             elapsed: started.elapsed(),
             image_fit: self.networks.image.as_ref().map(|_| req.image_fit),
         })
@@ -250,5 +326,50 @@ impl Pipeline {
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::Internal("empty preview".into()))
+    }
+}
+
+/// Whether two requests can share one sampler batch: the same model, latent shape and DDIM
+/// schedule. Seeds, prompts, guidance, fps and images may differ.
+pub fn batch_compatible(a: &GenerationRequest, b: &GenerationRequest) -> bool {
+    a.variant == b.variant
+        && (a.height, a.width, a.frames, a.steps) == (b.height, b.width, b.frames, b.steps)
+        && a.eta.to_bits() == b.eta.to_bits()
+}
+
+/// A request's conditioning, computed once before sampling.
+struct Prepared {
+    context: Tensor,
+    uncond: Tensor,
+    truncated: bool,
+}
+
+impl Prepared {
+    fn conditioning(&self, req: &GenerationRequest) -> Conditioning<'_> {
+        Conditioning {
+            context: &self.context,
+            uncond_context: Some(&self.uncond),
+            guidance_scale: req.cfg,
+            fps: req.fps as f64,
+        }
+    }
+}
+
+/// The progress report of one step of a run that started at `started` (sampling at
+/// `loop_started`).
+fn progress<'a>(
+    report: &ddim::StepReport<'a>,
+    started: Instant,
+    loop_started: Instant,
+) -> StepProgress<'a> {
+    let step = report.index + 1;
+    let elapsed = loop_started.elapsed();
+    let remaining = elapsed.mul_f64((report.total - step) as f64 / step as f64);
+    StepProgress {
+        step,
+        total: report.total,
+        elapsed: started.elapsed(),
+        remaining,
+        pred_x0: report.pred_x0,
     }
 }

@@ -26,10 +26,7 @@ pub fn attention_block_elements(device: &candle_core::Device) -> usize {
 
 /// The dtype scores and softmax are computed in for activations of `dtype`.
 fn score_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        other => other,
-    }
+    super::precision::wide(dtype)
 }
 
 /// softmax(q kᵀ · scale) v over the last two dims of (B, N, D) tensors, in blocks.
@@ -313,16 +310,45 @@ pub fn layer_norm(vb: VarBuilder, dim: usize, eps: f64) -> Result<LayerNorm> {
     )
 }
 
+/// A LayerNorm on the residual stream: f32 affine parameters (the stream is f32 in a
+/// half-precision network), the result in the compute dtype of the projection it feeds.
+#[derive(Debug, Clone)]
+struct StreamLayerNorm {
+    norm: LayerNorm,
+    compute: DType,
+}
+
+impl StreamLayerNorm {
+    fn new(vb: VarBuilder, dim: usize, eps: f64) -> Result<Self> {
+        let compute = vb.dtype();
+        let norm = layer_norm(vb, dim, eps)?;
+        let wide = super::precision::wide(compute);
+        let bias = match norm.bias() {
+            Some(bias) => bias.to_dtype(wide)?,
+            None => candle_core::bail!("layer norm without bias"),
+        };
+        Ok(Self {
+            norm: LayerNorm::new(norm.weight().to_dtype(wide)?, bias, eps),
+            compute,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = super::precision::to_stream(x, self.compute)?;
+        self.norm.forward(&x)?.to_dtype(self.compute)
+    }
+}
+
 /// BasicTransformerBlock: self-attention, cross-attention (a second self-attention when there
-/// is no context), GEGLU feed-forward; pre-LayerNorm residuals.
+/// is no context), GEGLU feed-forward; pre-LayerNorm residuals, kept in the stream dtype.
 #[derive(Debug, Clone)]
 pub struct BasicTransformerBlock {
     attn1: CrossAttention,
     attn2: CrossAttention,
     ff: FeedForward,
-    norm1: LayerNorm,
-    norm2: LayerNorm,
-    norm3: LayerNorm,
+    norm1: StreamLayerNorm,
+    norm2: StreamLayerNorm,
+    norm3: StreamLayerNorm,
 }
 
 impl BasicTransformerBlock {
@@ -346,16 +372,18 @@ impl BasicTransformerBlock {
                 cross_kind,
             )?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
-            norm1: layer_norm(vb.pp("norm1"), dim, 1e-5)?,
-            norm2: layer_norm(vb.pp("norm2"), dim, 1e-5)?,
-            norm3: layer_norm(vb.pp("norm3"), dim, 1e-5)?,
+            norm1: StreamLayerNorm::new(vb.pp("norm1"), dim, 1e-5)?,
+            norm2: StreamLayerNorm::new(vb.pp("norm2"), dim, 1e-5)?,
+            norm3: StreamLayerNorm::new(vb.pp("norm3"), dim, 1e-5)?,
         })
     }
 
+    /// `x` is the token residual stream `(n, tokens, dim)`; so is the result.
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
-        let x = (self.attn2.forward(&self.norm2.forward(&x)?, context)? + &x)?;
-        self.ff.forward(&self.norm3.forward(&x)?)? + x
+        use super::precision::add_to_stream;
+        let x = add_to_stream(x, &self.attn1.forward(&self.norm1.forward(x)?, None)?)?;
+        let x = add_to_stream(&x, &self.attn2.forward(&self.norm2.forward(&x)?, context)?)?;
+        add_to_stream(&x, &self.ff.forward(&self.norm3.forward(&x)?)?)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod image_encoder;
 pub mod image_preprocess;
 pub mod kernels;
 pub mod norm;
+pub mod precision;
 pub mod random_init;
 pub mod resampler;
 pub mod resblock;

@@ -1,10 +1,14 @@
 //! GroupNorm as the models use it: 32 groups, statistics in f32 or wider for every dtype, and
 //! the SiLU that follows most norms in the original fused into the same op.
+//!
+//! A half-precision network keeps its residual stream in f32 (see `precision`): the norm reads
+//! whichever dtype it is given and writes the network's compute dtype, the input of the
+//! convolution or projection that follows, so the cast costs no pass of its own.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::kernels;
+use super::kernels::{self, GroupNormSpec};
 
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -13,6 +17,8 @@ pub struct GroupNorm {
     bias: Tensor,
     groups: usize,
     eps: f64,
+    /// The network's compute dtype (its weights'): the dtype of every result.
+    compute: DType,
 }
 
 impl GroupNorm {
@@ -27,25 +33,43 @@ impl GroupNorm {
                 .to_dtype(DType::F32)?,
             groups,
             eps,
+            compute: vb.dtype(),
         })
     }
 
-    /// `silu(group_norm(x))` in one pass.
+    fn spec(&self, silu: bool, frames: usize, out: DType) -> GroupNormSpec {
+        GroupNormSpec {
+            groups: self.groups,
+            eps: self.eps,
+            silu,
+            frames,
+            out,
+        }
+    }
+
+    /// `silu(group_norm(x))` in one pass, in the compute dtype.
     pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, true)
+        self.forward_silu_as(x, self.compute)
+    }
+
+    /// `silu(group_norm(x))` in `out` (f32 before a convolution kept in f32).
+    pub fn forward_silu_as(&self, x: &Tensor, out: DType) -> Result<Tensor> {
+        kernels::group_norm_with(x, &self.weight, &self.bias, self.spec(true, 1, out))
     }
 
     /// GroupNorm of a `(b*t, c, ...)` tensor with statistics joint over each sample's `frames`
     /// rows: the original's norm of the `(b, c, t, ...)` tensor, in the frames-inner layout.
     pub fn forward_frames(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
-        let (w, b) = (&self.weight, &self.bias);
-        kernels::group_norm_frames(x, frames, w, b, self.groups, self.eps, false)
+        let spec = self.spec(false, frames, self.compute);
+        kernels::group_norm_with(x, &self.weight, &self.bias, spec)
     }
 }
 
 impl Module for GroupNorm {
+    /// GroupNorm in the compute dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::group_norm(x, &self.weight, &self.bias, self.groups, self.eps, false)
+        let spec = self.spec(false, 1, self.compute);
+        kernels::group_norm_with(x, &self.weight, &self.bias, spec)
     }
 }
 

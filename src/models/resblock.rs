@@ -1,5 +1,7 @@
 //! ResBlock (with the optional TemporalConvBlock), Downsample and Upsample of
 //! `lvdm/modules/networks/openaimodel3d.py`. Activations are `(b*t, c, h, w)`, frames inner.
+//! Inputs and outputs are the residual stream (f32 in a half-precision network, see
+//! `precision`); convolutions take and give the weights' dtype.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, Linear, VarBuilder};
@@ -7,6 +9,7 @@ use candle_nn::{Conv2dConfig, Linear, VarBuilder};
 use super::conv::{conv2d, Conv2d};
 
 use super::norm::{group_norm, GroupNorm};
+use super::precision::{add_to_stream, to_stream};
 
 pub fn conv3x3(vb: VarBuilder, cin: usize, cout: usize, stride: usize) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
@@ -50,6 +53,7 @@ impl TemporalConvBlock {
     pub fn forward_frames(&self, x: &Tensor, frames: usize) -> Result<Tensor> {
         let (bt, c, h, w) = x.dims4()?;
         let b = bt / frames;
+        // The identity stays in the stream dtype; the stages compute in the weights' dtype.
         let identity = x
             .reshape((b, frames, c, h * w))?
             .transpose(1, 2)?
@@ -59,7 +63,9 @@ impl TemporalConvBlock {
             y = norm.forward_silu(&y)?;
             y = conv.forward(&y.pad_with_zeros(2, 1, 1)?)?;
         }
-        (identity + y)?.transpose(1, 2)?.reshape((bt, c, h, w))
+        add_to_stream(&identity, &y)?
+            .transpose(1, 2)?
+            .reshape((bt, c, h, w))
     }
 }
 
@@ -121,19 +127,21 @@ impl ResBlock {
 
     /// `emb` is `(b*t, emb_dim)`, already repeated per frame.
     pub fn forward(&self, x: &Tensor, emb: &Tensor, frames: usize) -> Result<Tensor> {
+        let compute = self.in_conv.dtype();
         let h = self.in_conv.forward(&self.in_norm.forward_silu(x)?)?;
-        // The conv bias and the projected embedding, summed on (b*t, c) and added in one pass.
+        // The conv bias and the projected embedding, summed on (b*t, c) and added in one pass,
+        // in the stream dtype: the sum is the out norm's input, not a conv's.
         let shift = self
             .emb_proj
             .forward(&emb.silu()?)?
             .broadcast_add(&self.in_bias)?
             .unsqueeze(2)?
             .unsqueeze(3)?;
-        let h = h.broadcast_add(&shift)?;
+        let h = to_stream(&h, compute)?.broadcast_add(&to_stream(&shift, compute)?)?;
         let h = self.out_conv.forward(&self.out_norm.forward_silu(&h)?)?;
         let h = match &self.skip_connection {
-            Some(skip) => (skip.forward(x)? + h)?,
-            None => (x + h)?,
+            Some(skip) => add_to_stream(&skip.forward(&x.to_dtype(compute)?)?, &h)?,
+            None => add_to_stream(x, &h)?,
         };
         match &self.temopral_conv {
             Some(tc) => tc.forward_frames(&h, frames),
@@ -158,7 +166,8 @@ impl Downsample {
 
 impl Module for Downsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.op.forward(x)
+        let compute = self.op.dtype();
+        to_stream(&self.op.forward(&x.to_dtype(compute)?)?, compute)
     }
 }
 
@@ -179,6 +188,9 @@ impl Upsample {
 impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        self.conv.forward(&x.upsample_nearest2d(h * 2, w * 2)?)
+        let compute = self.conv.dtype();
+        // Rounded before the ×4 upsampling: the conv reads it in the compute dtype anyway.
+        let up = x.to_dtype(compute)?.upsample_nearest2d(h * 2, w * 2)?;
+        to_stream(&self.conv.forward(&up)?, compute)
     }
 }

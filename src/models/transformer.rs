@@ -6,6 +6,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::attention::{AttentionKind, BasicTransformerBlock};
 use super::norm::{group_norm, GroupNorm};
+use super::precision::{add_to_stream, to_stream};
 
 /// A projection that is a `Linear` when `use_linear` and a kernel-1 Conv1d otherwise
 /// (weights `(out, in, 1)`); both act on the channel (last) dimension here.
@@ -92,17 +93,19 @@ impl TransformerLayers {
         })
     }
 
-    /// proj_in → blocks on token-major `(n, tokens, c)` input; token-major output before proj_out.
+    /// proj_in → blocks on token-major `(n, tokens, c)` input; token-major output before
+    /// proj_out, in the compute dtype (the blocks' own residuals run in the stream dtype).
     fn run_blocks(&self, tokens: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let mut y = self.proj_in.forward(tokens)?;
+        let compute = tokens.dtype();
+        let mut y = to_stream(&self.proj_in.forward(tokens)?, compute)?;
         for block in &self.transformer_blocks {
             y = block.forward(&y, context)?;
         }
-        Ok(y)
+        y.to_dtype(compute)
     }
 }
 
-/// Per-frame spatial transformer on `(b*t, c, h, w)`; residual to the input.
+/// Per-frame spatial transformer on `(b*t, c, h, w)`; residual to the input (the stream).
 #[derive(Debug, Clone)]
 pub struct SpatialTransformer(TransformerLayers);
 
@@ -142,7 +145,7 @@ impl SpatialTransformer {
         let y = self.0.run_blocks(&tokens, Some(context))?;
         // proj_out straight into 'b c (h w)': no transposed copy of the tokens.
         let y = self.0.proj_out.forward_channels_first(&y)?;
-        y.reshape((bt, c, h, w))? + x
+        add_to_stream(x, &y.reshape((bt, c, h, w))?)
     }
 }
 
@@ -190,6 +193,6 @@ impl TemporalTransformer {
             .reshape((b, h * w, frames, c))?
             .permute((0, 2, 3, 1))?
             .reshape((bt, c, h, w))?;
-        y + x
+        add_to_stream(x, &y)
     }
 }

@@ -16,7 +16,7 @@ use super::transformer::{SpatialTransformer, TemporalTransformer, TransformerSpe
 /// One layer of a `TimestepEmbedSequential`.
 #[derive(Debug, Clone)]
 enum Layer {
-    /// The first convolution: f32 in and weights, output in the network's dtype.
+    /// The first convolution: f32 in, weights and out (the start of the residual stream).
     InputConv(Conv2d),
     /// Boxed: by far the largest layer.
     Res(Box<ResBlock>),
@@ -45,7 +45,7 @@ impl Block {
         let mut h = x.clone();
         for layer in &self.layers {
             h = match layer {
-                Layer::InputConv(conv) => conv.forward_f32(&h)?.to_dtype(conv.dtype())?,
+                Layer::InputConv(conv) => conv.forward_f32(&h)?,
                 Layer::Res(res) => res.forward(&h, inputs.emb, inputs.frames)?,
                 Layer::Spatial(st) => st.forward(&h, inputs.context)?,
                 Layer::Temporal(tt) => tt.forward_frames(&h, inputs.frames)?,
@@ -71,7 +71,8 @@ pub struct UNetModel {
     out_norm: GroupNorm,
     /// `out.2`, computed in f32: the noise prediction leaves the network in f32.
     out_conv: Conv2d,
-    /// The weights' dtype, in which everything between the first and last conv runs.
+    /// The weights' dtype, in which the matmuls and convolutions between the first and last
+    /// conv run; activations between layers and skips stay in `precision::wide` of it.
     dtype: DType,
     config: UNetConfig,
 }
@@ -309,7 +310,7 @@ impl UNetModel {
         }
         let y = self
             .out_conv
-            .forward_f32(&self.out_norm.forward_silu(&hcur)?)?;
+            .forward_f32(&self.out_norm.forward_silu_as(&hcur, DType::F32)?)?;
         record("out", &y)?;
         let (_, c_out, h_out, w_out) = y.dims4()?;
         y.reshape((b, t, c_out, h_out, w_out))?.transpose(1, 2)

@@ -8,6 +8,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use super::config::VaeConfig;
 use super::conv::{conv2d, Conv2d};
 use super::norm::{group_norm, GroupNorm};
+use super::precision::{add_to_stream, to_stream};
 use super::resblock::conv3x3;
 
 fn norm(vb: VarBuilder, channels: usize) -> Result<GroupNorm> {
@@ -46,12 +47,14 @@ impl ResnetBlock {
 }
 
 impl Module for ResnetBlock {
+    /// `x` is the residual stream (f32 in a half-precision decoder); so is the result.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let compute = self.conv1.dtype();
         let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.nin_shortcut {
-            Some(conv) => conv.forward(x)? + h,
-            None => x + h,
+            Some(conv) => add_to_stream(&conv.forward(&x.to_dtype(compute)?)?, &h),
+            None => add_to_stream(x, &h),
         }
     }
 }
@@ -90,7 +93,7 @@ impl Module for AttnBlock {
         let v = tokens(self.v.forward(&normed)?)?;
         let out = super::attention::attention(&q, &k, &v, (c as f64).powf(-0.5))?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
-        self.proj_out.forward(&out)? + x
+        add_to_stream(x, &self.proj_out.forward(&out)?)
     }
 }
 
@@ -190,7 +193,9 @@ impl Module for Encoder {
                 h = block.forward(&h)?;
             }
             if let Some(conv) = &level.resample {
-                h = conv.forward(&h.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?)?;
+                let compute = conv.dtype();
+                let padded = h.to_dtype(compute)?.pad_with_zeros(3, 0, 1)?;
+                h = to_stream(&conv.forward(&padded.pad_with_zeros(2, 0, 1)?)?, compute)?;
             }
         }
         let h = self.mid.forward(&h)?;
@@ -253,21 +258,23 @@ impl Decoder {
 /// and last conv in f32, see `conv.rs`).
 impl Module for Decoder {
     fn forward(&self, z: &Tensor) -> Result<Tensor> {
-        let h = self
-            .conv_in
-            .forward_f32(z)?
-            .to_dtype(self.conv_in.dtype())?;
-        let mut h = self.mid.forward(&h)?;
+        // f32 from the latent to the first norm: the start of the residual stream.
+        let mut h = self.mid.forward(&self.conv_in.forward_f32(z)?)?;
         for level in self.up.iter().rev() {
             for block in &level.blocks {
                 h = block.forward(&h)?;
             }
             if let Some(conv) = &level.resample {
                 let (_, _, height, width) = h.dims4()?;
-                h = conv.forward(&h.upsample_nearest2d(height * 2, width * 2)?)?;
+                let compute = conv.dtype();
+                let up = h
+                    .to_dtype(compute)?
+                    .upsample_nearest2d(height * 2, width * 2)?;
+                h = to_stream(&conv.forward(&up)?, compute)?;
             }
         }
-        self.conv_out.forward_f32(&self.norm_out.forward_silu(&h)?)
+        let h = self.norm_out.forward_silu_as(&h, DType::F32)?;
+        self.conv_out.forward_f32(&h)
     }
 }
 

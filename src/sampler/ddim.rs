@@ -123,3 +123,86 @@ pub fn ddim_update(
     let x_prev = (((&pred_x0 * x0_coef as f64)? + dir_xt)? + noise)?;
     Ok((pred_x0, x_prev))
 }
+
+/// One job of a batched sampling run: its own start, conditioning, guidance, fps and noise.
+pub struct BatchJob<'a> {
+    /// f32 `(1, 4, t, h, w)`; every job of a batch has the same shape.
+    pub x_t: Tensor,
+    /// `(1, L, C)` contexts (the same `L` for every job of a batch).
+    pub cond: Conditioning<'a>,
+    /// The job's own draws, so that its result does not depend on its batch mates.
+    pub noise: &'a mut dyn NoiseSource,
+}
+
+impl BatchJob<'_> {
+    fn guided(&self) -> bool {
+        self.cond.guidance_scale != 1.0 && self.cond.uncond_context.is_some()
+    }
+}
+
+/// [`sample`] for several jobs at once: every step is one UNet batch of the running jobs'
+/// conditional rows followed by their unconditional rows, then each job's own guidance and
+/// DDIM update. `observe(job, report)` sees each job's steps; a job it stops leaves the batch
+/// (its result is `None`) and the others go on. Results are in the jobs' order.
+pub fn sample_batch(
+    unet: &UNetModel,
+    schedule: &DdimSchedule,
+    jobs: &mut [BatchJob],
+    observe: &mut dyn FnMut(usize, StepReport) -> Flow,
+) -> Result<Vec<Option<Tensor>>> {
+    let mut xs = jobs
+        .iter()
+        .map(|job| Ok(Some(job.x_t.to_dtype(DType::F32)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let total = schedule.steps.len();
+    for (index, step) in schedule.steps.iter().enumerate() {
+        let running: Vec<usize> = (0..jobs.len()).filter(|&i| xs[i].is_some()).collect();
+        if running.is_empty() {
+            break;
+        }
+        let x: Vec<&Tensor> = running.iter().filter_map(|&i| xs[i].as_ref()).collect();
+        let x = Tensor::cat(&x, 0)?;
+        let mut contexts: Vec<&Tensor> = running.iter().map(|&i| jobs[i].cond.context).collect();
+        let mut fps: Vec<f64> = running.iter().map(|&i| jobs[i].cond.fps).collect();
+        let guided = running.iter().any(|&i| jobs[i].guided());
+        let model_in = if guided {
+            // An unguided job's unconditional row is computed and ignored: one batch shape.
+            for &i in &running {
+                let job = &jobs[i];
+                contexts.push(job.cond.uncond_context.unwrap_or(job.cond.context));
+                fps.push(job.cond.fps);
+            }
+            Tensor::cat(&[&x, &x], 0)?
+        } else {
+            x
+        };
+        let timesteps = vec![step.timestep as f64; fps.len()];
+        let out = unet
+            .forward(&model_in, &timesteps, &Tensor::cat(&contexts, 0)?, &fps)?
+            .to_dtype(DType::F32)?;
+        for (row, &i) in running.iter().enumerate() {
+            let e_c = out.narrow(0, row, 1)?;
+            let eps = if jobs[i].guided() {
+                let e_u = out.narrow(0, running.len() + row, 1)?;
+                (&e_u + ((e_c - &e_u)? * jobs[i].cond.guidance_scale)?)?
+            } else {
+                e_c
+            };
+            let Some(x) = xs[i].take() else { continue };
+            let z = jobs[i].noise.next(x.shape(), x.device())?;
+            let (pred_x0, x_prev) = ddim_update(&x, &eps, &z, step, schedule.uses_scale)?;
+            let report = StepReport {
+                index,
+                total,
+                step,
+                eps: &eps,
+                pred_x0: &pred_x0,
+                x_prev: &x_prev,
+            };
+            if observe(i, report) == Flow::Continue {
+                xs[i] = Some(x_prev);
+            }
+        }
+    }
+    Ok(xs)
+}

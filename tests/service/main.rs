@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod batch;
 mod crafted_configs;
 mod engine_actor;
 mod expand_llm;

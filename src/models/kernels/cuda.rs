@@ -54,10 +54,15 @@ pub struct GroupNormArgs<'a> {
     pub groups: usize,
     pub eps: f32,
     pub silu: bool,
+    /// The output dtype (f32, f16 or bf16), independent of the input's.
+    pub out: DType,
 }
 
 pub fn group_norm(a: GroupNormArgs) -> Result<CudaStorage> {
-    fn launch<T: CudaDType + DeviceRepr>(a: &GroupNormArgs, name: &str) -> Result<CudaStorage> {
+    fn launch<T: CudaDType + DeviceRepr, U: CudaDType + DeviceRepr>(
+        a: &GroupNormArgs,
+        name: &str,
+    ) -> Result<CudaStorage> {
         let dev: &CudaDevice = a.x.device();
         let x =
             a.x.as_cuda_slice::<T>()?
@@ -69,7 +74,7 @@ pub fn group_norm(a: GroupNormArgs) -> Result<CudaStorage> {
         let elements = a.x_offsets.1 - a.x_offsets.0;
         let per_group = a.channels / a.groups;
         // SAFETY: every element is written by the kernel.
-        let y: CudaSlice<T> = unsafe { dev.alloc::<T>(elements)? };
+        let y: CudaSlice<U> = unsafe { dev.alloc::<U>(elements)? };
         let func = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let cfg = LaunchConfig {
             grid_dim: ((a.samples * a.groups) as u32, 1, 1),
@@ -95,11 +100,18 @@ pub fn group_norm(a: GroupNormArgs) -> Result<CudaStorage> {
         unsafe { builder.launch(cfg) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
     }
-    let name = format!("group_norm_{}", suffix(a.x.dtype())?);
-    match a.x.dtype() {
-        DType::F32 => launch::<f32>(&a, &name),
-        DType::F16 => launch::<half::f16>(&a, &name),
-        _ => launch::<half::bf16>(&a, &name),
+    let name = format!("group_norm_{}_{}", suffix(a.x.dtype())?, suffix(a.out)?);
+    use half::{bf16, f16};
+    match (a.x.dtype(), a.out) {
+        (DType::F32, DType::F32) => launch::<f32, f32>(&a, &name),
+        (DType::F32, DType::F16) => launch::<f32, f16>(&a, &name),
+        (DType::F32, _) => launch::<f32, bf16>(&a, &name),
+        (DType::F16, DType::F32) => launch::<f16, f32>(&a, &name),
+        (DType::F16, DType::F16) => launch::<f16, f16>(&a, &name),
+        (DType::F16, _) => launch::<f16, bf16>(&a, &name),
+        (_, DType::F32) => launch::<bf16, f32>(&a, &name),
+        (_, DType::F16) => launch::<bf16, f16>(&a, &name),
+        _ => launch::<bf16, bf16>(&a, &name),
     }
 }
 

@@ -11,6 +11,22 @@ struct GroupNormOp {
     frames: usize,
     eps: f32,
     silu: bool,
+    /// The result's dtype (the input's, or the compute dtype of a mixed-precision network).
+    out: DType,
+}
+
+/// Everything about one GroupNorm call but its tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupNormSpec {
+    pub groups: usize,
+    pub eps: f64,
+    /// Apply SiLU to the result (before its one rounding).
+    pub silu: bool,
+    /// Consecutive batch rows whose statistics are joint (see [`group_norm_frames`]).
+    pub frames: usize,
+    /// The result's dtype: reading an f32 residual stream and writing the f16/bf16 input of
+    /// the next convolution costs no separate cast.
+    pub out: DType,
 }
 
 /// GroupNorm of `x` `(n, c, ...)` over `groups` groups of channels with f32 `weight` and `bias`
@@ -38,6 +54,31 @@ pub fn group_norm_frames(
     eps: f64,
     silu: bool,
 ) -> Result<Tensor> {
+    let spec = GroupNormSpec {
+        groups,
+        eps,
+        silu,
+        frames,
+        out: x.dtype(),
+    };
+    group_norm_with(x, weight, bias, spec)
+}
+
+/// The general form of [`group_norm`] and [`group_norm_frames`]: any input and output float
+/// dtypes, the arithmetic in f32 (f64 statistics on the CPU) either way.
+pub fn group_norm_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    spec: GroupNormSpec,
+) -> Result<Tensor> {
+    let GroupNormSpec {
+        groups,
+        eps,
+        silu,
+        frames,
+        out,
+    } = spec;
     let dims = x.dims();
     if dims.len() < 3 {
         candle_core::bail!("group_norm: input rank must be at least 3, got {dims:?}");
@@ -48,6 +89,9 @@ pub fn group_norm_frames(
     }
     if frames == 0 || !dims[0].is_multiple_of(frames) {
         candle_core::bail!("group_norm: {frames} frames do not divide {} rows", dims[0]);
+    }
+    if !out.is_float() {
+        candle_core::bail!("group_norm: output dtype must be a float type, got {out:?}");
     }
     for (name, t) in [("weight", weight), ("bias", bias)] {
         if t.dims() != [channels] || t.dtype() != DType::F32 {
@@ -63,6 +107,7 @@ pub fn group_norm_frames(
         frames,
         eps: eps as f32,
         silu,
+        out,
     };
     x.contiguous()?
         .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
@@ -82,13 +127,36 @@ fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [
 }
 
 impl GroupNormOp {
-    fn cpu<T: WithDType>(&self, x: &[T], weight: &[f32], bias: &[f32], layout: &Layout) -> Vec<T> {
+    /// [`Self::cpu`] into a storage of the output dtype.
+    fn cpu_to<T: WithDType>(
+        &self,
+        x: &[T],
+        weight: &[f32],
+        bias: &[f32],
+        layout: &Layout,
+    ) -> Result<CpuStorage> {
+        Ok(match self.out {
+            DType::F32 => CpuStorage::F32(self.cpu(x, weight, bias, layout)),
+            DType::F16 => CpuStorage::F16(self.cpu(x, weight, bias, layout)),
+            DType::BF16 => CpuStorage::BF16(self.cpu(x, weight, bias, layout)),
+            DType::F64 => CpuStorage::F64(self.cpu(x, weight, bias, layout)),
+            other => candle_core::bail!("group_norm: unsupported output dtype {other:?}"),
+        })
+    }
+
+    fn cpu<T: WithDType, U: WithDType>(
+        &self,
+        x: &[T],
+        weight: &[f32],
+        bias: &[f32],
+        layout: &Layout,
+    ) -> Vec<U> {
         let (rows, channels, spatial) = extents(layout);
         // One chunk = one group of channels of one row; a sample's group spans `frames` chunks,
         // `channels * spatial` apart.
         let chunk = channels / self.groups * spatial;
         let row = channels * spatial;
-        let mut out = vec![T::zero(); x.len()];
+        let mut out = vec![U::zero(); x.len()];
         if chunk == 0 {
             return out;
         }
@@ -130,7 +198,7 @@ impl GroupNormOp {
                         if self.silu {
                             v /= 1.0 + (-v).exp();
                         }
-                        *d = T::from_f64(v as f64);
+                        *d = U::from_f64(v as f64);
                     }
                 }
             });
@@ -159,19 +227,19 @@ impl CustomOp3 for GroupNormOp {
         let bias = contiguous(bias, bias_layout, "bias")?;
         let out = match x {
             CpuStorage::F32(s) => {
-                CpuStorage::F32(self.cpu(contiguous(s, x_layout, "x")?, weight, bias, x_layout))
+                self.cpu_to(contiguous(s, x_layout, "x")?, weight, bias, x_layout)
             }
             CpuStorage::F16(s) => {
-                CpuStorage::F16(self.cpu(contiguous(s, x_layout, "x")?, weight, bias, x_layout))
+                self.cpu_to(contiguous(s, x_layout, "x")?, weight, bias, x_layout)
             }
             CpuStorage::BF16(s) => {
-                CpuStorage::BF16(self.cpu(contiguous(s, x_layout, "x")?, weight, bias, x_layout))
+                self.cpu_to(contiguous(s, x_layout, "x")?, weight, bias, x_layout)
             }
             CpuStorage::F64(s) => {
-                CpuStorage::F64(self.cpu(contiguous(s, x_layout, "x")?, weight, bias, x_layout))
+                self.cpu_to(contiguous(s, x_layout, "x")?, weight, bias, x_layout)
             }
             other => candle_core::bail!("group_norm: unsupported dtype {:?}", other.dtype()),
-        };
+        }?;
         Ok((out, x_layout.shape().clone()))
     }
 
@@ -204,6 +272,7 @@ impl CustomOp3 for GroupNormOp {
             groups: self.groups,
             eps: self.eps,
             silu: self.silu,
+            out: self.out,
         })?;
         Ok((out, x_layout.shape().clone()))
     }
@@ -305,6 +374,46 @@ mod tests {
             let err = max_diff(&got, &want);
             assert!(err <= tol, "{dtype:?}: {err:e}");
         }
+    }
+
+    #[test]
+    fn output_dtype_is_the_f32_result_rounded_once() {
+        // An f32 residual stream normalised straight into a half-precision conv input: the f32
+        // op's result rounded once, within the output type's unit roundoff (f16 2^-11, bf16
+        // 2^-8, relative; plus f16's subnormal spacing), and exactly it in f32.
+        let x = (Tensor::randn(0f32, 1.0, (4, 64, 3, 5), &Device::Cpu).unwrap() + 2.0).unwrap();
+        let (w, b) = affine(64);
+        let want = values(&group_norm_frames(&x, 2, &w, &b, 32, 1e-5, true).unwrap());
+        for (out, rel) in [
+            (DType::F16, 2f32.powi(-11)),
+            (DType::BF16, 2f32.powi(-8)),
+            (DType::F32, 0.0),
+        ] {
+            let spec = GroupNormSpec {
+                groups: 32,
+                eps: 1e-5,
+                silu: true,
+                frames: 2,
+                out,
+            };
+            let got = group_norm_with(&x, &w, &b, spec).unwrap();
+            assert_eq!(got.dtype(), out);
+            for (g, w) in values(&got).iter().zip(&want) {
+                let slack = if out == DType::F16 { 6e-8 } else { 0.0 };
+                assert!(
+                    (g - w).abs() <= w.abs() * rel + slack,
+                    "{out:?}: {g} vs {w}"
+                );
+            }
+        }
+        let spec = GroupNormSpec {
+            groups: 32,
+            eps: 1e-5,
+            silu: false,
+            frames: 1,
+            out: DType::U8,
+        };
+        assert!(group_norm_with(&x, &w, &b, spec).is_err());
     }
 
     #[test]

@@ -65,9 +65,10 @@ __device__ float block_max(float v, float* shared) {
 // GroupNorm over a contiguous (N*F, C, S) tensor whose statistics are joint over the F frames
 // of each sample (F = 1: plain GroupNorm), one block per (sample, group). Statistics are sums
 // shifted by the group's first element (robust when |mean| >> std) in f32; the affine (f32
-// weight and bias) and the optional SiLU run in f32 and the result is rounded once.
-template <typename T>
-__device__ void group_norm(const T* x, T* y, const float* weight, const float* bias,
+// weight and bias) and the optional SiLU run in f32 and the result is rounded once to U (the
+// input type, or the half compute type of a network whose residual stream T is f32).
+template <typename T, typename U>
+__device__ void group_norm(const T* x, U* y, const float* weight, const float* bias,
                            int groups, int frames, int channels, int channels_per_group,
                            long spatial, float eps, int silu) {
     __shared__ float shared[32];
@@ -95,7 +96,7 @@ __device__ void group_norm(const T* x, T* y, const float* weight, const float* b
         const int c = group * channels_per_group + (int)(j / spatial);
         float v = (to_f32(x[base + f * row + j]) - mean) * inv_std * weight[c] + bias[c];
         if (silu) v = v / (1.f + expf(-v));
-        y[base + f * row + j] = from_f32<T>(v);
+        y[base + f * row + j] = from_f32<U>(v);
     }
 }
 
@@ -115,13 +116,18 @@ __device__ void softmax_rows(const T* x, T* y, int cols) {
         y[base + i] = from_f32<T>(expf(to_f32(x[base + i]) - m) * inv);
 }
 
-#define FLOOR33_KERNELS(T, SUFFIX)                                                              \
-    extern "C" __global__ void group_norm_##SUFFIX(                                             \
-        const T* x, T* y, const float* weight, const float* bias, int groups, int frames,       \
+#define FLOOR33_GROUP_NORM(T, TS, U, US)                                                        \
+    extern "C" __global__ void group_norm_##TS##_##US(                                          \
+        const T* x, U* y, const float* weight, const float* bias, int groups, int frames,       \
         int channels, int channels_per_group, long spatial, float eps, int silu) {              \
-        group_norm<T>(x, y, weight, bias, groups, frames, channels, channels_per_group,         \
-                      spatial, eps, silu);                                                      \
-    }                                                                                           \
+        group_norm<T, U>(x, y, weight, bias, groups, frames, channels, channels_per_group,       \
+                         spatial, eps, silu);                                                   \
+    }
+
+#define FLOOR33_KERNELS(T, SUFFIX)                                                              \
+    FLOOR33_GROUP_NORM(T, SUFFIX, float, f32)                                                   \
+    FLOOR33_GROUP_NORM(T, SUFFIX, f16_t, f16)                                                   \
+    FLOOR33_GROUP_NORM(T, SUFFIX, bf16_t, bf16)                                                 \
     extern "C" __global__ void softmax_##SUFFIX(const T* x, T* y, int cols) {                   \
         softmax_rows<T>(x, y, cols);                                                            \
     }

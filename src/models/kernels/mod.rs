@@ -12,5 +12,5 @@ mod cuda;
 mod group_norm;
 mod softmax;
 
-pub use group_norm::{group_norm, group_norm_frames};
+pub use group_norm::{group_norm, group_norm_frames, group_norm_with, GroupNormSpec};
 pub use softmax::softmax_last_dim;
