@@ -6,6 +6,7 @@
 mod support;
 
 mod crafted_configs;
+mod crafted_rows;
 mod engine_actor;
 mod expand_llm;
 mod ops;
