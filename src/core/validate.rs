@@ -434,7 +434,10 @@ mod tests {
     #[test]
     fn submit_reads_only_the_image_header() {
         assert_eq!(
-            check(&i2v(encoded(image::ImageFormat::Png)), &GuildSettings::default()),
+            check(
+                &i2v(encoded(image::ImageFormat::Png)),
+                &GuildSettings::default()
+            ),
             Ok(())
         );
         // A sound header over pixel data no decoder can read: validation passes because it

@@ -237,7 +237,15 @@ fn crafted_expectation(name: &str) -> Option<fn(&Result<(u32, u32), DownloadErro
     Some(match name {
         "control_12x8.png" | "control_12x8.jpg" | "control_12x8.webp" => |r| r == &Ok((12, 8)),
         "png_header_60000x60000.png" | "jpeg_header_60000x60000.png" => |r| {
-            matches!(r, Err(TooManyPixels { width: 60000, height: 60000, max: 4096, .. }))
+            matches!(
+                r,
+                Err(TooManyPixels {
+                    width: 60000,
+                    height: 60000,
+                    max: 4096,
+                    ..
+                })
+            )
         },
         "gif_bytes.png" | "bmp_bytes.png" => |r| matches!(r, Err(NotAnImage { .. })),
         "truncated.png"

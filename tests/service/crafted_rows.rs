@@ -64,7 +64,12 @@ async fn crafted_rows_are_failed_with_their_reason_and_the_service_starts() {
     // A fresh store (its schema), a sound job, the corpus, and another sound job.
     let mut store = Store::open(path.clone()).unwrap();
     let first = store
-        .insert_job(&tiny_spec("before the corpus", 1), &origin(1, 10), 1, SystemTime::now())
+        .insert_job(
+            &tiny_spec("before the corpus", 1),
+            &origin(1, 10),
+            1,
+            SystemTime::now(),
+        )
         .unwrap();
     drop(store);
     let db = rusqlite::Connection::open(&path).unwrap();
@@ -76,7 +81,12 @@ async fn crafted_rows_are_failed_with_their_reason_and_the_service_starts() {
     }
     let mut store = Store::open(path.clone()).unwrap();
     let last = store
-        .insert_job(&tiny_spec("after the corpus", 1), &origin(1, 11), 1, SystemTime::now())
+        .insert_job(
+            &tiny_spec("after the corpus", 1),
+            &origin(1, 11),
+            1,
+            SystemTime::now(),
+        )
         .unwrap();
     drop(store);
 
@@ -92,22 +102,22 @@ async fn crafted_rows_are_failed_with_their_reason_and_the_service_starts() {
         .1;
     wait_until(120, "the sound jobs delivered", || {
         let delivered = notifier.delivered();
-        [first, last, control].iter().all(|id| delivered.contains(id))
+        [first, last, control]
+            .iter()
+            .all(|id| delivered.contains(id))
     })
     .await;
 
     let mut failures = Vec::new();
     for (case, id) in rows.iter().filter(|(c, _)| c.name != "control_sound_row") {
         let (state, error): (String, Option<String>) = db
-            .query_row(
-                "SELECT state, error FROM jobs WHERE id = ?1",
-                [id.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .query_row("SELECT state, error FROM jobs WHERE id = ?1", [id.0], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
         let error = error.unwrap_or_default();
         println!("{}: {state}: {error}", case.name); // the outcomes, with --nocapture
-        // Failed at start: none of them ever reached the engine.
+                                                     // Failed at start: none of them ever reached the engine.
         if notifier
             .updates_of(*id)
             .iter()
