@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 
 use super::cluster::Membership;
 use super::jobs::{JobId, JobKind, JobRecord, JobState, Origin};
-use super::ports::{Notifier, PromptExpander};
+use super::ports::{Notifier, PromptExpander, VideoEngine};
 use super::runner::run_loop;
 use super::scheduler::Scheduler;
 use super::settings::{
@@ -38,7 +38,7 @@ use super::settings::{
 use super::store::{Location, StoreError, StoreHandle};
 use super::validate::request_for;
 use super::views::SettingChange;
-use crate::engine::{CancelToken, EngineHandle, Limits};
+use crate::engine::{CancelToken, Limits};
 use crate::models::config::Variant;
 use crate::video::EncodeOptions;
 
@@ -123,7 +123,7 @@ pub struct JobService {
 pub(super) struct Inner {
     pub(super) config: ServiceConfig,
     pub(super) store: StoreHandle,
-    pub(super) engine: EngineHandle,
+    pub(super) engine: Arc<dyn VideoEngine>,
     pub(super) notifier: Arc<dyn Notifier>,
     pub(super) expander: Option<Arc<dyn PromptExpander>>,
     pub(super) state: Mutex<State>,
@@ -142,7 +142,7 @@ pub(super) struct Inner {
 pub(super) struct Parts {
     pub(super) config: ServiceConfig,
     pub(super) store: StoreHandle,
-    pub(super) engine: EngineHandle,
+    pub(super) engine: Arc<dyn VideoEngine>,
     pub(super) notifier: Arc<dyn Notifier>,
     pub(super) expander: Option<Arc<dyn PromptExpander>>,
     pub(super) scheduler: Scheduler,
@@ -210,7 +210,7 @@ impl JobService {
     /// Opens the store at `config.database` and starts as [`JobService::start_with_store`] does.
     pub async fn start(
         config: ServiceConfig,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
@@ -224,7 +224,7 @@ impl JobService {
     pub async fn start_with_store(
         config: ServiceConfig,
         store: StoreHandle,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
@@ -276,7 +276,7 @@ impl JobService {
         Ok(Self::launch(Parts {
             config,
             store,
-            engine,
+            engine: Arc::new(engine),
             notifier,
             expander,
             scheduler,

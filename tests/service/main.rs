@@ -8,6 +8,7 @@ mod support;
 mod crafted_configs;
 mod crafted_rows;
 mod engine_actor;
+mod engine_port;
 mod expand_llm;
 mod ops;
 mod queue;

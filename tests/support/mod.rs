@@ -3,6 +3,7 @@
 
 pub mod crafted_ckpt;
 pub mod discord_bot;
+pub mod engine_double;
 pub mod fake_discord;
 pub mod fake_hub;
 pub mod fake_llm;
