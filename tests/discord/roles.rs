@@ -18,7 +18,7 @@ use serde_json::json;
 use super::support::discord_bot::{spawn_role, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
-use super::support::pg::FreshPg;
+use super::support::test_pg::TestPg;
 
 const MEMBERS: u64 = 5;
 const PER_MEMBER: u64 = 4;
@@ -36,7 +36,7 @@ struct Row {
     token: String,
 }
 
-fn rows(pg: &FreshPg) -> Vec<Row> {
+fn rows(pg: &TestPg) -> Vec<Row> {
     let url = pg.url.clone();
     // The sync client must not run on an async runtime thread.
     std::thread::spawn(move || {
@@ -68,7 +68,7 @@ fn rows(pg: &FreshPg) -> Vec<Row> {
     .unwrap()
 }
 
-fn write_config(dir: &Path, name: &str, pg: &FreshPg) -> std::path::PathBuf {
+fn write_config(dir: &Path, name: &str, pg: &TestPg) -> std::path::PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
@@ -106,7 +106,7 @@ fn kill(child: &Child, signal: &str) {
         .success());
 }
 
-async fn wait_rows(pg: &FreshPg, what: &str, timeout: Duration, cond: impl Fn(&[Row]) -> bool) {
+async fn wait_rows(pg: &TestPg, what: &str, timeout: Duration, cond: impl Fn(&[Row]) -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let now = rows(pg);
@@ -134,7 +134,7 @@ impl Drop for Procs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_and_two_workers_share_fair_order_survive_a_killed_worker_and_cancel() {
-    let Some(pg) = FreshPg::create("roles") else {
+    let Some(pg) = TestPg::create("roles") else {
         return;
     };
     let fake = FakeDiscord::start().await;

@@ -9,7 +9,6 @@ pub mod fake_hub;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
-pub mod pg;
 pub mod prometheus;
 pub mod test_pg;
 pub mod torch_zip;
