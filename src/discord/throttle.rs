@@ -84,11 +84,14 @@ mod tests {
 
     use super::*;
 
+    /// Each sent value with the time since the start at which it went out.
+    type Sent = Arc<Mutex<Vec<(u32, Duration)>>>;
+
     /// Records each sent value with the (virtual) time since `start` at which it went out.
     fn recording(
         start: Instant,
     ) -> (
-        Arc<Mutex<Vec<(u32, Duration)>>>,
+        Sent,
         impl FnMut(u32) -> std::future::Ready<()> + Send + 'static,
     ) {
         let sent = Arc::new(Mutex::new(Vec::new()));

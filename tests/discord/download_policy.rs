@@ -232,7 +232,9 @@ async fn gif_and_bmp_bytes_are_refused_like_a_gif_or_bmp_declaration() {
 
 /// What each file of the crafted-image corpus must come to through the real download path
 /// (declared type and size, fetch, then the blocking-thread decode).
-fn crafted_expectation(name: &str) -> Option<fn(&Result<(u32, u32), DownloadError>) -> bool> {
+type Outcome = Result<(u32, u32), DownloadError>;
+
+fn crafted_expectation(name: &str) -> Option<fn(&Outcome) -> bool> {
     use DownloadError::*;
     Some(match name {
         "control_12x8.png" | "control_12x8.jpg" | "control_12x8.webp" => |r| r == &Ok((12, 8)),

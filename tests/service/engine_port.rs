@@ -65,30 +65,31 @@ async fn engine_progress_becomes_the_members_updates_in_order() {
         ]
     );
     // What the core asked of the engine: the stored spec, the configured preview rate.
-    let submissions = engine.submissions.lock().unwrap();
-    assert_eq!(submissions.len(), 1);
-    let asked = &submissions[0];
-    assert_eq!(
-        (
-            asked.request.prompt.as_str(),
-            asked.request.steps,
-            asked.request.seed
-        ),
-        ("a red fox", 3, 7)
-    );
-    assert_eq!(
-        (
-            asked.request.height,
-            asked.request.width,
-            asked.request.frames
-        ),
-        (32, 48, 4)
-    );
-    assert_eq!(
-        asked.options.preview_every,
-        Some(Duration::from_millis(250))
-    );
-    drop(submissions);
+    {
+        let submissions = engine.submissions.lock().unwrap();
+        assert_eq!(submissions.len(), 1);
+        let asked = &submissions[0];
+        assert_eq!(
+            (
+                asked.request.prompt.as_str(),
+                asked.request.steps,
+                asked.request.seed
+            ),
+            ("a red fox", 3, 7)
+        );
+        assert_eq!(
+            (
+                asked.request.height,
+                asked.request.width,
+                asked.request.frames
+            ),
+            (32, 48, 4)
+        );
+        assert_eq!(
+            asked.options.preview_every,
+            Some(Duration::from_millis(250))
+        );
+    }
     // The engine's video is what is delivered (the MP4 holds the double's 16×8 frames).
     let (_, video) = notifier.deliveries.lock().unwrap()[0].clone();
     assert_eq!(video.steps_run, 3);
