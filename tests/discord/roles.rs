@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::support::discord_bot::{spawn_role, videos, wait_video, Scratch};
+use super::support::discord_bot::{serve_engine_toml, spawn_role, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
 use super::support::test_pg::TestPg;
@@ -74,12 +74,7 @@ fn write_config(dir: &Path, name: &str, pg: &TestPg) -> std::path::PathBuf {
         &path,
         format!(
             r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-
+{engine}
 [database]
 url = "{}"
 results_dir = "{}"
@@ -91,7 +86,8 @@ max_steps = 200
 member_waiting_limit = {PER_MEMBER}
 "#,
             pg.url,
-            dir.join(format!("results-{name}")).display()
+            dir.join(format!("results-{name}")).display(),
+            engine = serve_engine_toml(&["tiny"]),
         ),
     )
     .unwrap();
