@@ -33,14 +33,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 use super::jobs::{JobId, JobRecord, JobState};
-use super::ports::{JobUpdate, Notifier, PromptExpander};
+use super::ports::{JobUpdate, Notifier, PromptExpander, VideoEngine};
 use super::scheduler::Scheduler;
 use super::service::{
     create_results_dir, Inner, JobService, Parts, ServiceConfig, ServiceError, StopReason,
 };
 use super::store::{listen, StoreError, StoreHandle};
 use super::submit::{cancel_reason, may_cancel, CancelError, CancelOutcome, Canceller};
-use crate::engine::EngineHandle;
 
 /// What one `floor33 serve` process does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,13 +115,14 @@ pub fn worker_id(device: &str) -> String {
 
 impl JobService {
     /// The gateway: stores and queues jobs for the workers; runs none itself. `engine` names
-    /// the variants the workers serve ([`EngineHandle::without_models`]); `expander` only says
-    /// that jobs may ask for expansion (the workers run it). Every `poll` the gateway's queue
-    /// view follows what the workers took.
+    /// the variants the workers serve
+    /// ([`EngineHandle::without_models`](crate::engine::EngineHandle::without_models));
+    /// `expander` only says that jobs may ask for expansion (the workers run it). Every `poll`
+    /// the gateway's queue view follows what the workers took.
     pub async fn start_gateway(
         config: ServiceConfig,
         store: StoreHandle,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
         poll: Duration,
@@ -151,7 +151,7 @@ impl JobService {
         let service = Self::launch(Parts {
             config,
             store,
-            engine,
+            engine: Arc::new(engine),
             notifier,
             expander,
             scheduler,
@@ -168,7 +168,7 @@ impl JobService {
     pub async fn start_worker(
         config: ServiceConfig,
         store: StoreHandle,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
         options: WorkerOptions,
@@ -192,7 +192,7 @@ impl JobService {
         let service = Self::launch(Parts {
             config,
             store,
-            engine,
+            engine: Arc::new(engine),
             notifier,
             expander,
             scheduler,

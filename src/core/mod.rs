@@ -2,8 +2,8 @@
 //!
 //! A job's life, in the order it happens:
 //! - [`ports`]: what the core needs from outside (the [`Notifier`] a transport implements,
-//!   the [`PromptExpander`] the LLM client implements) and [`JobUpdate`], the one vocabulary
-//!   for what happened to a job.
+//!   the [`PromptExpander`] the LLM client implements, the [`VideoEngine`] the engine adapter
+//!   implements) and [`JobUpdate`], the one vocabulary for what happened to a job.
 //! - [`validate`]: a member's options merged over the guild's defaults, and every rule a job
 //!   must meet before it is stored.
 //! - [`submit`]: into the store and the queue (and out again: cancel).
@@ -37,7 +37,7 @@ pub mod views;
 pub use jobs::{JobId, JobKind, JobRecord, JobSpec, JobState, Origin, RemixEdit, VideoShape};
 pub use ports::{
     fallback_line, DeliveredVideo, DeliveryError, ExpandOutcome, JobUpdate, Notifier,
-    PromptExpander, Shown,
+    PromptExpander, Shown, VideoEngine,
 };
 pub use refusal::Refusal;
 pub use scheduler::{MemberLimits, Scheduler};

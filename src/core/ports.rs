@@ -1,8 +1,8 @@
 //! Ports: what the core needs from outside, as traits the adapters implement. The transport
-//! (Discord) implements [`Notifier`], the LLM client implements [`PromptExpander`]; the engine
-//! is reached through [`crate::engine::EngineHandle`] (requests in, [`crate::engine::EngineEvent`]s
-//! out). [`JobUpdate`] is the one vocabulary for "what happened to a job" that every adapter
-//! renders.
+//! (Discord) implements [`Notifier`], the LLM client implements [`PromptExpander`], the engine
+//! adapter (`src/engine/port.rs`) implements [`VideoEngine`] (requests in,
+//! [`EngineEvent`](crate::engine::EngineEvent)s out). [`JobUpdate`] is the one vocabulary for
+//! "what happened to a job" that every adapter renders.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +11,20 @@ use async_trait::async_trait;
 use thiserror::Error;
 
 use super::jobs::{JobId, JobKind, JobRecord, Origin};
+use crate::engine::{GenerationRequest, JobHandle, JobOptions};
+use crate::models::config::Variant;
+
+/// The inference engine as the core drives it: the models it serves (what submit accepts and
+/// settings may name), and one generation per request, its events (started, progress, the
+/// result) on the returned handle with a cancel token the core sets to stop it at its next
+/// step. The engine's limits are the core's own configuration (`ServiceConfig::limits`), and
+/// readiness is the app's concern, so neither is here.
+pub trait VideoEngine: Send + Sync + 'static {
+    fn variants(&self) -> &[Variant];
+    /// Queues a job; the last event on the handle is `Finished` (a handle whose events end
+    /// without one means the engine stopped).
+    fn submit(&self, request: GenerationRequest, options: JobOptions) -> JobHandle;
+}
 
 /// A change in a job's life the member should see.
 #[derive(Debug, Clone, PartialEq)]

@@ -29,15 +29,17 @@ use tokio::task::JoinSet;
 
 use super::cluster::Membership;
 use super::jobs::{JobId, JobKind, JobRecord, JobState, Origin};
-use super::ports::{Notifier, PromptExpander};
+use super::ports::{Notifier, PromptExpander, VideoEngine};
 use super::runner::run_loop;
 use super::scheduler::Scheduler;
 use super::settings::{
     self, AuditEntry, GuildSettings, SettingError, SettingKey, SettingView, SettingsBounds,
 };
 use super::store::{Location, StoreError, StoreHandle};
+use super::validate::request_for;
 use super::views::SettingChange;
-use crate::engine::{CancelToken, EngineHandle, Limits};
+use crate::engine::{CancelToken, Limits};
+use crate::models::config::Variant;
 use crate::video::EncodeOptions;
 
 /// The service's settings (the operator's configuration converts into this).
@@ -121,7 +123,7 @@ pub struct JobService {
 pub(super) struct Inner {
     pub(super) config: ServiceConfig,
     pub(super) store: StoreHandle,
-    pub(super) engine: EngineHandle,
+    pub(super) engine: Arc<dyn VideoEngine>,
     pub(super) notifier: Arc<dyn Notifier>,
     pub(super) expander: Option<Arc<dyn PromptExpander>>,
     pub(super) state: Mutex<State>,
@@ -140,7 +142,7 @@ pub(super) struct Inner {
 pub(super) struct Parts {
     pub(super) config: ServiceConfig,
     pub(super) store: StoreHandle,
-    pub(super) engine: EngineHandle,
+    pub(super) engine: Arc<dyn VideoEngine>,
     pub(super) notifier: Arc<dyn Notifier>,
     pub(super) expander: Option<Arc<dyn PromptExpander>>,
     pub(super) scheduler: Scheduler,
@@ -188,11 +190,27 @@ pub(super) async fn create_results_dir(config: &ServiceConfig) -> Result<(), Ser
         })
 }
 
+/// Why a recovered job cannot run on this engine, if it cannot: the submit-time checks that
+/// do not depend on the guild (those may have changed since, and the job was accepted).
+fn resume_refusal(job: &JobRecord, loaded: &[Variant], limits: &Limits) -> Option<String> {
+    let spec = &job.spec;
+    if !loaded.contains(&spec.variant) {
+        return Some(format!(
+            "the model `{}` is no longer loaded on this bot",
+            spec.variant.name()
+        ));
+    }
+    let has_image = spec.kind == JobKind::ImageToVideo;
+    limits
+        .check_with_image(&request_for(spec, None), has_image, &spec.variant.config())
+        .err()
+}
+
 impl JobService {
     /// Opens the store at `config.database` and starts as [`JobService::start_with_store`] does.
     pub async fn start(
         config: ServiceConfig,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
@@ -206,7 +224,7 @@ impl JobService {
     pub async fn start_with_store(
         config: ServiceConfig,
         store: StoreHandle,
-        engine: EngineHandle,
+        engine: impl VideoEngine,
         notifier: Arc<dyn Notifier>,
         expander: Option<Arc<dyn PromptExpander>>,
     ) -> Result<JobService, ServiceError> {
@@ -220,20 +238,19 @@ impl JobService {
         for q in &recovered.quarantined {
             tracing::warn!(job = %q.id, reason = %q.reason, "an unreadable job was marked failed");
         }
-        // A job whose model is no longer loaded can never run: it is failed with the reason
-        // (and its member told below) rather than left to wedge the queue or the start.
+        // A job that can never run (its model is no longer loaded, or a row edited past the
+        // engine's limits) is failed with the reason (and its member told below) rather than
+        // left to wedge the queue or the start.
         let loaded = engine.variants().to_vec();
-        let (runnable, orphaned): (Vec<JobRecord>, Vec<JobRecord>) = recovered
-            .queued
-            .into_iter()
-            .partition(|job| loaded.contains(&job.spec.variant));
+        let mut runnable = Vec::new();
         let mut unrunnable = Vec::new();
-        for mut job in orphaned {
-            let reason = format!(
-                "your job could not be resumed after a restart: the model `{}` is no longer loaded on this bot",
-                job.spec.variant.name()
-            );
-            tracing::warn!(job = %job.id, variant = %job.spec.variant, "queued job's model not loaded, marked failed");
+        for mut job in recovered.queued {
+            let Some(why) = resume_refusal(&job, &loaded, &config.limits) else {
+                runnable.push(job);
+                continue;
+            };
+            let reason = format!("your job could not be resumed after a restart: {why}");
+            tracing::warn!(job = %job.id, variant = %job.spec.variant, %why, "queued job cannot run, marked failed");
             let (id, now, error) = (job.id, SystemTime::now(), reason.clone());
             store
                 .call(move |s| s.mark_ended(id, JobState::Failed, now, &error))
@@ -259,7 +276,7 @@ impl JobService {
         Ok(Self::launch(Parts {
             config,
             store,
-            engine,
+            engine: Arc::new(engine),
             notifier,
             expander,
             scheduler,

@@ -10,7 +10,7 @@ use image::RgbImage;
 use super::jobs::{JobKind, JobSpec, Origin};
 use super::refusal::Refusal;
 use super::settings::GuildSettings;
-use crate::engine::image_input::{decode_image, ImageLimits};
+use crate::engine::image_input::{probe_image, ImageLimits};
 use crate::engine::{GenerationRequest, Limits};
 use crate::models::config::Variant;
 
@@ -84,17 +84,22 @@ pub fn validate(
             s.max_steps
         )));
     }
+    // Only the image's header here (async thread, before any place is held): a header that
+    // claims too many pixels is refused without decoding. The pixels are decoded once, on a
+    // blocking thread: by the adapter that fetched them (Discord's download check) and by the
+    // runner when the job starts.
+    if let Some(bytes) = &spec.image {
+        probe_image(bytes, &ImageLimits::default())
+            .map_err(|m| Refusal::Invalid(capitalise(&m)))?;
+    }
     // The engine's own checks (cfg, eta, fps, size), so that a bad request is refused now
     // rather than failing after its wait in the queue.
-    let image = match &spec.image {
-        Some(bytes) => Some(Arc::new(
-            decode_image(bytes, &ImageLimits::default())
-                .map_err(|m| Refusal::Invalid(capitalise(&m)))?,
-        )),
-        None => None,
-    };
     limits
-        .check(&request_for(spec, image), &spec.variant.config())
+        .check_with_image(
+            &request_for(spec, None),
+            spec.image.is_some(),
+            &spec.variant.config(),
+        )
         .map_err(|m| Refusal::Invalid(capitalise(&m)))
 }
 
@@ -360,6 +365,91 @@ mod tests {
         };
         let refused = check(&bad_cfg, &s).unwrap_err().to_string();
         assert!(refused.starts_with(char::is_uppercase), "{refused}");
+    }
+
+    fn i2v(image: Vec<u8>) -> JobSpec {
+        JobSpec {
+            kind: JobKind::ImageToVideo,
+            variant: Variant::TinyI2v,
+            image: Some(image),
+            ..spec("the clouds drift")
+        }
+    }
+
+    fn encoded(format: image::ImageFormat) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(8, 8, image::Rgb([20, 90, 200]))
+            .write_to(&mut out, format)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// Rewrites the PNG chunk `kind` with `edit` applied to its data and a correct CRC, so
+    /// the decoder gets past the checksum to the crafted content.
+    fn patch_png_chunk(png: &mut Vec<u8>, kind: &[u8; 4], edit: impl Fn(&mut Vec<u8>)) {
+        let mut at = 8;
+        while at + 8 <= png.len() {
+            let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+            if &png[at + 4..at + 8] == kind {
+                let mut data = png[at + 8..at + 8 + len].to_vec();
+                edit(&mut data);
+                let mut crc = flate2::Crc::new();
+                crc.update(kind);
+                crc.update(&data);
+                let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+                chunk.extend_from_slice(kind);
+                chunk.extend_from_slice(&data);
+                chunk.extend_from_slice(&crc.sum().to_be_bytes());
+                png.splice(at..at + 12 + len, chunk);
+                return;
+            }
+            at += 12 + len;
+        }
+        panic!("no {kind:?} chunk");
+    }
+
+    #[test]
+    fn a_header_claiming_huge_dimensions_is_refused_without_decoding() {
+        let mut png = encoded(image::ImageFormat::Png);
+        patch_png_chunk(&mut png, b"IHDR", |d| {
+            d[0..4].copy_from_slice(&60_000u32.to_be_bytes());
+            d[4..8].copy_from_slice(&60_000u32.to_be_bytes());
+        });
+        let refused = check(&i2v(png), &GuildSettings::default()).unwrap_err();
+        // The size the file claims is named: it came from the header, not from a decoder
+        // that ran out of its allocation limit.
+        assert_eq!(
+            refused.to_string(),
+            "The image is 60000×60000; at most 8192 pixels a side are accepted"
+        );
+
+        let mut jpeg = encoded(image::ImageFormat::Jpeg);
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
+        let refused = check(&i2v(jpeg), &GuildSettings::default()).unwrap_err();
+        assert!(refused.to_string().contains("60000×60000"), "{refused}");
+    }
+
+    #[test]
+    fn submit_reads_only_the_image_header() {
+        assert_eq!(
+            check(
+                &i2v(encoded(image::ImageFormat::Png)),
+                &GuildSettings::default()
+            ),
+            Ok(())
+        );
+        // A sound header over pixel data no decoder can read: validation passes because it
+        // does not decode (the Discord download check and the runner do, off the async
+        // threads); a full decode here would refuse it.
+        let mut png = encoded(image::ImageFormat::Png);
+        patch_png_chunk(&mut png, b"IDAT", |d| d.iter_mut().for_each(|b| *b = 0));
+        assert!(crate::engine::image_input::decode_image(&png, &ImageLimits::default()).is_err());
+        assert_eq!(check(&i2v(png), &GuildSettings::default()), Ok(()));
+        // What is not an image at all is still refused by its header.
+        let refused = check(&i2v(b"GIF89a but not".to_vec()), &GuildSettings::default());
+        assert!(matches!(refused, Err(Refusal::Invalid(_))), "{refused:?}");
     }
 
     #[test]

@@ -75,8 +75,31 @@ fn accepted_names() -> String {
         .join(", ")
 }
 
-/// Decodes `bytes` into an upright RGB image; the error is a sentence for the member.
+/// Reads only the header of `bytes`: the size and format checks of [`decode_image`] and the
+/// declared dimensions, without decoding a pixel. Cheap enough for an async thread; a header
+/// claiming gigapixels is refused here before any decoder allocates for it.
+pub fn probe_image(bytes: &[u8], limits: &ImageLimits) -> Result<(u32, u32), String> {
+    let decoder = header(bytes, limits)?;
+    Ok(decoder.dimensions())
+}
+
+/// Decodes `bytes` into an upright RGB image; the error is a sentence for the member. CPU
+/// work: call it on a blocking thread.
 pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, String> {
+    let mut decoder = header(bytes, limits)?;
+    let orientation = decoder.orientation().ok();
+    let mut image = DynamicImage::from_decoder(decoder)
+        .map_err(|e| format!("the image is damaged or truncated: {e}"))?;
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(flatten_onto_white(&image.to_rgba8()))
+}
+
+/// The checks shared by [`probe_image`] and [`decode_image`]: byte size, an accepted format,
+/// and the header's dimensions within `limits`. Returns the decoder positioned after the
+/// header.
+fn header<'a>(bytes: &'a [u8], limits: &ImageLimits) -> Result<impl ImageDecoder + 'a, String> {
     if bytes.is_empty() {
         return Err("the image file is empty".into());
     }
@@ -100,28 +123,28 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, Stri
         ));
     }
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // No width/height limit in the decoder: we check the header's size ourselves below, so
+    // the member reads the size their file claims rather than "limits exceeded".
     let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_image_width = Some(limits.max_side);
-    decoder_limits.max_image_height = Some(limits.max_side);
     decoder_limits.max_alloc = Some(limits.max_alloc);
     reader.limits(decoder_limits);
-    let mut decoder = reader
+    let decoder = reader
         .into_decoder()
         .map_err(|e| format!("the image could not be read: {e}"))?;
     let (w, h) = decoder.dimensions();
+    if w > limits.max_side || h > limits.max_side {
+        return Err(format!(
+            "the image is {w}×{h}; at most {} pixels a side are accepted",
+            limits.max_side
+        ));
+    }
     if w == 0 || h == 0 || w as u64 * h as u64 > limits.max_pixels {
         return Err(format!(
             "the image is {w}×{h}; at most {} megapixels are accepted",
             limits.max_pixels / 1_000_000
         ));
     }
-    let orientation = decoder.orientation().ok();
-    let mut image = DynamicImage::from_decoder(decoder)
-        .map_err(|e| format!("the image is damaged or truncated: {e}"))?;
-    if let Some(orientation) = orientation {
-        image.apply_orientation(orientation);
-    }
-    Ok(flatten_onto_white(&image.to_rgba8()))
+    Ok(decoder)
 }
 
 fn flatten_onto_white(rgba: &RgbaImage) -> RgbImage {

@@ -1,5 +1,6 @@
 //! The inference engine: requests, the pipeline that runs a model, and the actor that owns the
-//! device. The Discord adapter and the CLI both talk to it through [`EngineHandle`].
+//! device. The CLI talks to it through [`EngineHandle`]; the core through its `VideoEngine`
+//! port, which [`port`] implements for the handle.
 
 pub mod actor;
 pub mod device;
@@ -9,6 +10,7 @@ pub mod image_input;
 pub mod loader;
 pub mod memory;
 pub mod pipeline;
+pub mod port;
 pub mod request;
 
 pub use actor::{CancelToken, EngineEvent, EngineHandle, JobHandle, JobOptions, Progress};

@@ -80,9 +80,20 @@ impl Limits {
     /// Checks `req` against these limits and the model's shape constraints. The message is
     /// written for the person who made the request.
     pub fn check(&self, req: &GenerationRequest, model: &ModelConfig) -> Result<(), String> {
-        match (model.variant.is_image_to_video(), &req.image) {
-            (true, None) => return Err(format!("the {} model needs an image", model.variant)),
-            (false, Some(_)) => {
+        self.check_with_image(req, req.image.is_some(), model)
+    }
+
+    /// [`check`](Self::check) for a request whose image is not decoded yet (a job at submit):
+    /// `has_image` says whether one will come. Only the image's presence is checked here.
+    pub fn check_with_image(
+        &self,
+        req: &GenerationRequest,
+        has_image: bool,
+        model: &ModelConfig,
+    ) -> Result<(), String> {
+        match (model.variant.is_image_to_video(), has_image) {
+            (true, false) => return Err(format!("the {} model needs an image", model.variant)),
+            (false, true) => {
                 return Err(format!(
                 "the {} model makes videos from text only; use an image-to-video model for images",
                 model.variant

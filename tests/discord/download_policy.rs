@@ -3,6 +3,7 @@
 //! A loopback test CDN (plain http, so only reachable through the test-only allowance) serves
 //! images and redirects, and records what was asked of it.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +15,16 @@ use floor33::discord::download::{self, AttachmentMeta, DownloadError, DownloadPo
 
 /// Test double of a CDN on 127.0.0.1: `/img.png` an image, `/gif` GIF bytes, `/bmp` BMP bytes,
 /// `/hop/N` redirects N more times before the image, `/away` redirects to `localhost` (the
-/// same server under a host name that is not on the allow-list).
+/// same server under a host name that is not on the allow-list), `/crafted/NAME` a file of
+/// the crafted-image corpus.
 #[derive(Clone)]
 struct TestCdn {
     port: u16,
     paths: Arc<Mutex<Vec<String>>>,
 }
+
+/// The crafted-image corpus (see its README).
+const CRAFTED_IMAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crafted/images");
 
 fn encoded(format: image::ImageFormat) -> Vec<u8> {
     let img = image::RgbImage::from_fn(12, 8, |x, y| image::Rgb([x as u8 * 20, y as u8 * 30, 90]));
@@ -45,6 +50,13 @@ async fn serve(State(cdn): State<TestCdn>, req: Request) -> Response {
         "/gif" => image(encoded(image::ImageFormat::Gif)),
         "/bmp" => image(encoded(image::ImageFormat::Bmp)),
         "/away" => redirect(format!("http://localhost:{}/img.png", cdn.port)),
+        p if p.starts_with("/crafted/") => {
+            let name = &p["/crafted/".len()..];
+            match std::fs::read(Path::new(CRAFTED_IMAGES).join(name)) {
+                Ok(bytes) if !name.contains('/') => image(bytes),
+                _ => StatusCode::NOT_FOUND.into_response(),
+            }
+        }
         p => match p.strip_prefix("/hop/").and_then(|n| n.parse::<u32>().ok()) {
             Some(0) => redirect("/img.png".into()),
             Some(n) => redirect(format!("/hop/{}", n - 1)),
@@ -216,4 +228,88 @@ async fn gif_and_bmp_bytes_are_refused_like_a_gif_or_bmp_declaration() {
         download::check_declared(&declared, &policy).unwrap();
         download::verify_image("a", encoded(format), 64).unwrap();
     }
+}
+
+/// What each file of the crafted-image corpus must come to through the real download path
+/// (declared type and size, fetch, then the blocking-thread decode).
+type Outcome = Result<(u32, u32), DownloadError>;
+
+fn crafted_expectation(name: &str) -> Option<fn(&Outcome) -> bool> {
+    use DownloadError::*;
+    Some(match name {
+        "control_12x8.png" | "control_12x8.jpg" | "control_12x8.webp" => |r| r == &Ok((12, 8)),
+        "png_header_60000x60000.png" | "jpeg_header_60000x60000.png" => |r| {
+            matches!(
+                r,
+                Err(TooManyPixels {
+                    width: 60000,
+                    height: 60000,
+                    max: 4096,
+                    ..
+                })
+            )
+        },
+        "gif_bytes.png" | "bmp_bytes.png" => |r| matches!(r, Err(NotAnImage { .. })),
+        "truncated.png"
+        | "png_header_width_0.png"
+        | "png_sound_header_unreadable_pixels.png"
+        | "png_signature_only.png"
+        | "webp_truncated.png"
+        | "zero_bytes.png"
+        | "text.png" => |r| matches!(r, Err(Corrupt { .. })),
+        _ => return None,
+    })
+}
+
+#[tokio::test]
+async fn every_crafted_image_is_refused_cleanly_and_the_controls_accepted() {
+    let cdn = TestCdn::start().await;
+    let policy = cdn.policy();
+    let client = download::client(&policy).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(CRAFTED_IMAGES)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "README.md")
+        .collect();
+    names.sort();
+    assert!(names.len() >= 14, "the corpus holds {} files", names.len());
+    let mut failures = Vec::new();
+    for name in &names {
+        let Some(expected) = crafted_expectation(name) else {
+            failures.push(format!("{name}: no expectation written for this file"));
+            continue;
+        };
+        // Declared as its name says, at its real size: the bytes decide.
+        let declared = match name.rsplit('.').next() {
+            Some("jpg") => "image/jpeg",
+            Some("webp") => "image/webp",
+            _ => "image/png",
+        };
+        let meta = AttachmentMeta {
+            filename: name.clone(),
+            content_type: Some(declared.into()),
+            size: std::fs::metadata(Path::new(CRAFTED_IMAGES).join(name))
+                .unwrap()
+                .len(),
+            url: cdn.url(&format!("/crafted/{name}")),
+        };
+        let got = download::fetch_image(&client, &meta, &policy)
+            .await
+            .map(|img| (img.width, img.height));
+        println!("{name}: {got:?}"); // the outcomes, with --nocapture
+        if !expected(&got) {
+            failures.push(format!("{name}: unexpected {got:?}"));
+        }
+        if let Err(e) = &got {
+            // A sentence for the member that names their file; never a decoder that died.
+            let text = e.to_string();
+            if !text.starts_with(&format!("`{name}`")) || text.len() > 300 {
+                failures.push(format!("{name}: message {text:?}"));
+            }
+            if text.contains("decoder stopped") {
+                failures.push(format!("{name}: the decoder panicked: {text}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

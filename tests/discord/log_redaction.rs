@@ -6,7 +6,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::support::discord_bot::Scratch;
+use super::support::discord_bot::{serve_engine_toml, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
 use super::support::fake_llm::{FakeLlm, Reply};
@@ -28,12 +28,7 @@ async fn a_trace_level_run_logs_no_token_or_key() {
         &config,
         format!(
             r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-
+{engine}
 [database]
 path = "{}"
 
@@ -51,7 +46,8 @@ insecure_loopback_cdn_for_tests = true
 "#,
             dir.0.join("floor33.db").display(),
             llm.base_url,
-            fake.cdn_host()
+            fake.cdn_host(),
+            engine = serve_engine_toml(&["tiny"]),
         ),
     )
     .unwrap();

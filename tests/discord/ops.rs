@@ -18,12 +18,7 @@ use serde_json::json;
 fn config_text(dir: &Scratch, listen: &str) -> String {
     format!(
         r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-
+{engine}
 [database]
 path = "{}"
 
@@ -35,7 +30,8 @@ max_steps = 10
 [ops]
 listen = "{listen}"
 "#,
-        dir.0.join("floor33.db").display()
+        dir.0.join("floor33.db").display(),
+        engine = serve_engine_toml(&["tiny"]),
     )
 }
 

@@ -18,12 +18,7 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
         &config,
         format!(
             r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-
+{engine}
 [database]
 path = "{}"
 
@@ -31,7 +26,8 @@ path = "{}"
 default_variant = "tiny"
 default_steps = 2
 "#,
-            dir.join("floor33.db").display()
+            dir.join("floor33.db").display(),
+            engine = serve_engine_toml(&["tiny"]),
         ),
     )
     .unwrap();

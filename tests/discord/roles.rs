@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::support::discord_bot::{spawn_role, videos, wait_video, Scratch};
+use super::support::discord_bot::{serve_engine_toml, spawn_role, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
-use super::support::pg::FreshPg;
+use super::support::test_pg::TestPg;
 use super::support::prometheus::{free_addr, scrape, value, Sample};
 
 const MEMBERS: u64 = 10;
@@ -44,7 +44,7 @@ struct Row {
     token: String,
 }
 
-fn rows(pg: &FreshPg) -> Vec<Row> {
+fn rows(pg: &TestPg) -> Vec<Row> {
     let url = pg.url.clone();
     // The sync client must not run on an async runtime thread.
     std::thread::spawn(move || {
@@ -79,19 +79,14 @@ fn rows(pg: &FreshPg) -> Vec<Row> {
 /// One process's config: a tiny run of the tiny model (one step, 2 frames of 16×16, no
 /// previews; a long job is many steps) and short lease timings, so the burst costs little CI
 /// time. The lease stays well above the poll: a loaded CI machine delays renewals.
-fn write_config(dir: &Path, name: &str, pg: &FreshPg, listen: Option<SocketAddr>) -> PathBuf {
+fn write_config(dir: &Path, name: &str, pg: &TestPg, listen: Option<SocketAddr>) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let ops = listen.map_or(String::new(), |a| format!("[ops]\nlisten = \"{a}\"\n"));
     std::fs::write(
         &path,
         format!(
             r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-
+{engine}
 [database]
 url = "{}"
 results_dir = "{}"
@@ -114,7 +109,8 @@ max_steps = 1000
 member_waiting_limit = {PER_MEMBER}
 {ops}"#,
             pg.url,
-            dir.join(format!("results-{name}")).display()
+            dir.join(format!("results-{name}")).display(),
+            engine = serve_engine_toml(&["tiny"]),
         ),
     )
     .unwrap();
@@ -129,7 +125,7 @@ fn kill(child: &Child, signal: &str) {
         .success());
 }
 
-async fn wait_rows(pg: &FreshPg, what: &str, timeout: Duration, cond: impl Fn(&[Row]) -> bool) {
+async fn wait_rows(pg: &TestPg, what: &str, timeout: Duration, cond: impl Fn(&[Row]) -> bool) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let now = rows(pg);
@@ -182,7 +178,7 @@ impl Drop for Procs {
 
 impl Procs {
     /// SIGKILLs the worker that holds `token`'s job and returns its lease owner id.
-    fn kill_holder(&mut self, pg: &FreshPg, token: &str) -> String {
+    fn kill_holder(&mut self, pg: &TestPg, token: &str) -> String {
         let holder = rows(pg)
             .into_iter()
             .find(|j| j.token == token)
@@ -203,7 +199,7 @@ impl Procs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_cancel() {
-    let Some(pg) = FreshPg::create("roles") else {
+    let Some(pg) = TestPg::create("roles") else {
         return;
     };
     let fake = FakeDiscord::start().await;

@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::support::discord_bot::{spawn_serve, videos, wait_video, Scratch};
+use super::support::discord_bot::{serve_engine_toml, spawn_serve, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
 use super::support::fake_discord::Recorded;
@@ -21,14 +21,7 @@ async fn serve_binary_connects_answers_and_stops_on_sigterm() {
         &config,
         format!(
             r#"
-[engine]
-device = "cpu"
-dtype = "f32"
-[[engine.variants]]
-name = "tiny"
-[[engine.variants]]
-name = "tiny-i2v"
-
+{engine}
 [database]
 path = "{}"
 
@@ -41,7 +34,8 @@ cdn_hosts = ["{}"]
 insecure_loopback_cdn_for_tests = true
 "#,
             dir.0.join("floor33.db").display(),
-            fake.cdn_host()
+            fake.cdn_host(),
+            engine = serve_engine_toml(&["tiny", "tiny-i2v"]),
         ),
     )
     .unwrap();

@@ -1,7 +1,8 @@
 //! Hostile checkpoints (issue 11): each crafted `.ckpt` must end in a clean `WeightsError::Format`
 //! naming the problem, never a panic, an abort (stack overflow) or an allocation the file cannot
-//! back. The cases are built here from opcodes (tests/support/crafted_ckpt.rs); inputs found by
-//! the fuzzer (fuzz/) are kept in tests/fixtures/crafted/checkpoints/ and replayed too.
+//! back. The cases are built here from opcodes (tests/support/crafted_ckpt.rs); a few of them
+//! are committed as files in tests/fixtures/crafted/checkpoints/ (with anything the fuzzer in
+//! fuzz/ finds) and replayed from disk too.
 
 use std::path::{Path, PathBuf};
 
@@ -291,17 +292,37 @@ fn the_zip_builder_makes_readable_checkpoints() {
     assert_eq!(t.to_vec1::<f32>().unwrap(), vec![2., 3., 4.]);
 }
 
+/// `zip_rebuild_tuple_of_two` for the case "rebuild tuple of two".
+fn slug(case: &str) -> String {
+    case.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        .to_lowercase()
+}
+
 #[test]
-fn fuzz_found_inputs_end_in_clean_errors() {
-    let Ok(entries) = std::fs::read_dir(FUZZ_FOUND) else {
-        return; // no findings kept
-    };
-    for entry in entries {
+fn committed_crafted_checkpoints_end_in_clean_errors() {
+    let mut replayed = 0;
+    let mut failures = Vec::new();
+    let cases = zip_cases();
+    for entry in std::fs::read_dir(FUZZ_FOUND).expect("the committed corpus") {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "ckpt") {
-            format_error(&path);
+        if path.extension().is_none_or(|e| e != "ckpt") {
+            continue;
+        }
+        let detail = format_error(&path);
+        replayed += 1;
+        // A file written from a case above must still fail for that case's reason.
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if let Some((case, _, expect)) = cases
+            .iter()
+            .find(|(case, _, _)| format!("zip_{}", slug(case)) == stem)
+        {
+            if !detail.contains(expect) {
+                failures.push(format!("{case}: expected {expect:?} in: {detail}"));
+            }
         }
     }
+    assert!(replayed >= 5, "only {replayed} checkpoints replayed");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

@@ -7,7 +7,9 @@ mod support;
 
 mod batch;
 mod crafted_configs;
+mod crafted_rows;
 mod engine_actor;
+mod engine_port;
 mod expand_llm;
 mod ops;
 mod queue;

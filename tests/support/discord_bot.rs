@@ -229,6 +229,16 @@ pub fn probe_posted(dir: &Path, r: &super::fake_discord::Recorded) -> (usize, u3
     (probe.frames, probe.width, probe.height)
 }
 
+/// The `[engine]` table of a `floor33 serve` test configuration: the CPU in f32, serving the
+/// named tiny models (their random weights need no files).
+pub fn serve_engine_toml(variants: &[&str]) -> String {
+    let mut toml = "[engine]\ndevice = \"cpu\"\ndtype = \"f32\"\n".to_string();
+    for name in variants {
+        toml.push_str(&format!("[[engine.variants]]\nname = \"{name}\"\n"));
+    }
+    toml
+}
+
 /// Starts the real `floor33 serve` binary against `fake` with `config`.
 pub fn spawn_serve(fake: &super::fake_discord::FakeDiscord, config: &Path) -> std::process::Child {
     std::process::Command::new(env!("CARGO_BIN_EXE_floor33"))

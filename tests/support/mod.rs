@@ -3,12 +3,12 @@
 
 pub mod crafted_ckpt;
 pub mod discord_bot;
+pub mod engine_double;
 pub mod fake_discord;
 pub mod fake_hub;
 pub mod fake_llm;
 pub mod golden;
 pub mod job_fakes;
-pub mod pg;
 pub mod prometheus;
 pub mod test_pg;
 pub mod torch_zip;

@@ -11,12 +11,21 @@ const DEFAULT_TEST_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub struct TestPg {
     admin_url: String,
     name: String,
+    /// The URL of the fresh database.
     pub url: String,
 }
 
 impl TestPg {
-    /// Call off the async runtime (the `postgres` client blocks).
+    /// `None` (with a line on stderr) when no server answers. Safe to call from async tests:
+    /// the blocking client runs on a thread of its own.
     pub fn create(test: &str) -> Option<TestPg> {
+        let test = test.to_string();
+        std::thread::spawn(move || Self::create_blocking(&test))
+            .join()
+            .unwrap()
+    }
+
+    fn create_blocking(test: &str) -> Option<TestPg> {
         let explicit = std::env::var("FLOOR33_TEST_PG").ok();
         let admin_url = explicit.clone().unwrap_or_else(|| DEFAULT_TEST_PG.into());
         let mut config: postgres::Config = admin_url.parse().expect("FLOOR33_TEST_PG is a URL");

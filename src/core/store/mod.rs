@@ -511,14 +511,20 @@ impl Store {
 
     /// The highest round of a job that has started: where fair queueing resumes.
     pub fn last_started_round(&self) -> Result<u64, StoreError> {
+        // Rows a reader cannot trust (a negative round; in SQLite, text, which compares above
+        // every integer) must not decide where fair queueing resumes, nor stop the start.
         let round = self.with(|db| {
-            db.query_one(
-                "SELECT MAX(round) FROM jobs WHERE started_at IS NOT NULL",
+            let row = db.query_one(
+                "SELECT MAX(round) FROM jobs WHERE started_at IS NOT NULL
+                     AND round >= 0 AND round <= 9223372036854775807",
                 &[],
-            )?
-            .opt_int(0)
+            )?;
+            Ok(row.opt_int(0).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the last started round is unreadable; fairness resumes from 0");
+                None
+            }))
         })?;
-        Ok(round.unwrap_or(0) as u64)
+        Ok(round.unwrap_or(0).max(0) as u64)
     }
 
     pub fn counts(&self, guild: Option<u64>, now: SystemTime) -> Result<JobCounts, StoreError> {
@@ -725,13 +731,17 @@ fn select_jobs(tail: &str) -> String {
 fn read_job(r: &Row) -> Result<JobRecord, StoreError> {
     let id = JobId(r.int(0)?);
     let state = r.text(1)?;
+    // A negative round would read as nearly 2^64 and overflow the scheduler's next round.
+    let round = r.int(2)?;
+    let round = u64::try_from(round)
+        .map_err(|_| StoreError::Corrupt(format!("job {id} has round {round}")))?;
     Ok(JobRecord {
         id,
         spec: from_json(&r.text(3)?).map_err(|e| in_field(id, "spec", e))?,
         origin: from_json(&r.text(4)?).map_err(|e| in_field(id, "origin", e))?,
         state: JobState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("job {id} has state `{state}`")))?,
-        round: r.int(2)? as u64,
+        round,
         created_at: from_millis(r.int(5)?),
         started_at: r.opt_int(6)?.map(from_millis),
         finished_at: r.opt_int(7)?.map(from_millis),
