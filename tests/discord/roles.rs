@@ -23,8 +23,8 @@ use serde_json::json;
 use super::support::discord_bot::{serve_engine_toml, spawn_role, videos, wait_video, Scratch};
 use super::support::fake_discord::payloads::*;
 use super::support::fake_discord::FakeDiscord;
-use super::support::test_pg::TestPg;
 use super::support::prometheus::{free_addr, scrape, value, Sample};
+use super::support::test_pg::TestPg;
 
 const MEMBERS: u64 = 10;
 const PER_MEMBER: u64 = 10;
