@@ -70,6 +70,7 @@ impl App {
     }
 }
 
+mod engine_port;
 mod gpu;
 mod roles;
 

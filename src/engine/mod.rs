@@ -1,6 +1,7 @@
 //! The inference engine: requests, the pipeline that runs a model, and the actor that owns the
 //! device. The CLI talks to it through [`EngineHandle`]; the core through its `VideoEngine`
-//! port, which [`port`] implements for the handle.
+//! port, which `app/engine_port.rs` implements for the handle (the engine never imports the
+//! core).
 
 pub mod actor;
 pub mod device;
@@ -10,7 +11,6 @@ pub mod image_input;
 pub mod loader;
 pub mod memory;
 pub mod pipeline;
-pub mod port;
 pub mod request;
 
 pub use actor::{CancelToken, EngineEvent, EngineHandle, JobHandle, JobOptions, Progress};

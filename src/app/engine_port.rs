@@ -1,9 +1,9 @@
-//! The engine adapter: the actor's handle as the core's [`VideoEngine`] port. The rest of the
-//! engine knows nothing of the core; this file is where the two meet.
+//! The engine adapter: the actor's handle as the core's [`VideoEngine`] port. It lives with the
+//! wiring, not in `engine/`, so the engine knows nothing of the core; this file is where the two
+//! meet.
 
-use super::actor::{EngineHandle, JobHandle, JobOptions};
-use super::request::GenerationRequest;
 use crate::core::VideoEngine;
+use crate::engine::{EngineHandle, GenerationRequest, JobHandle, JobOptions};
 use crate::models::config::Variant;
 
 impl VideoEngine for EngineHandle {
