@@ -109,21 +109,11 @@ fn check_variant(variant: &str) {
             assert_eq!(generated.steps_run, STEPS);
             assert!(!generated.prompt_truncated);
             let want = frames_from_tensor(&row_of(&want_video), 8).unwrap();
-            assert_eq!(generated.video.frames.len(), want.frames.len());
-            for (i, (got, want)) in generated.video.frames.iter().zip(&want.frames).enumerate() {
-                assert_eq!(got.dimensions(), want.dimensions());
-                let worst = got
-                    .as_raw()
-                    .iter()
-                    .zip(want.as_raw())
-                    .map(|(a, b)| a.abs_diff(*b))
-                    .max()
-                    .unwrap();
-                assert!(
-                    worst <= 1,
-                    "{variant} {case} row {row} frame {i}: off by {worst} levels"
-                );
-            }
+            assert_frames_within_one_level(
+                &format!("{variant} {case} row {row}"),
+                &generated.video,
+                &want,
+            );
             checked += 1;
         }
     }

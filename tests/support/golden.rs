@@ -116,3 +116,28 @@ pub fn assert_close_abs(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
     println!("{what}: max_abs {abs:.3e}");
     assert!(abs <= tol, "{what}: max abs error {abs:.3e} > {tol:.0e}");
 }
+
+/// The video as floor33 delivers it must be the original's within one 8-bit level per channel:
+/// the tolerance of every end-to-end golden test (f32 differences of ~1e-4 can flip a rounding).
+pub fn assert_frames_within_one_level(
+    what: &str,
+    got: &floor33::video::VideoFrames,
+    want: &floor33::video::VideoFrames,
+) {
+    assert_eq!(got.frames.len(), want.frames.len(), "{what}: frame count");
+    for (i, (got, want)) in got.frames.iter().zip(&want.frames).enumerate() {
+        assert_eq!(
+            got.dimensions(),
+            want.dimensions(),
+            "{what} frame {i}: size"
+        );
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "{what} frame {i}: off by {worst} levels");
+    }
+}
