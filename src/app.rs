@@ -106,21 +106,10 @@ pub async fn serve_all(config: Config, token: String) -> Result<()> {
     );
     let gpu = gpu::watch_gpu_memory(device, metrics.clone());
     let expander = prompt_expander(&config, &metrics)?;
-    let api_base = proxy_base(&config.discord.api_base);
-    if let Some(base) = &api_base {
+    let options = bot_options(&config, token, &metrics);
+    if let Some(base) = &options.api_base {
         tracing::warn!(%base, "using a Discord API stand-in (proxy mode, no rate limiter)");
     }
-    let options = BotOptions {
-        token,
-        api_base,
-        dev_guild: config.discord.dev_guild_id,
-        download: config.download_policy(),
-        notifier: NotifierOptions {
-            metrics: metrics.clone(),
-            ..NotifierOptions::default()
-        },
-        video_shape: config.discord.video_shape_for_tests,
-    };
     let mut service = config.service_config();
     service.metrics = metrics;
     let mut app = start(options, service, engine, expander).await?;
@@ -238,5 +227,20 @@ pub(crate) async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The Discord adapter's options from the operator's config; every role builds them here.
+fn bot_options(config: &Config, token: String, metrics: &Metrics) -> BotOptions {
+    BotOptions {
+        token,
+        api_base: proxy_base(&config.discord.api_base),
+        dev_guild: config.discord.dev_guild_id,
+        download: config.download_policy(),
+        notifier: NotifierOptions {
+            metrics: metrics.clone(),
+            ..NotifierOptions::default()
+        },
+        video_shape: config.discord.video_shape_for_tests,
     }
 }

@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use super::{gpu, prompt_expander, shutdown_signal, spawn_engine, App, Startup};
+use super::{bot_options, gpu, prompt_expander, shutdown_signal, spawn_engine, App, Startup};
 use crate::config::Config;
 use crate::core::cluster::{worker_id, Role, WorkerOptions};
 use crate::core::store::Location;
 use crate::core::{JobService, ShutdownMode, StoreHandle};
 use crate::discord::client::build_http;
 use crate::discord::notifier::{DiscordNotifier, NotifierOptions};
-use crate::discord::{proxy_base, BotOptions};
+use crate::discord::proxy_base;
 use crate::engine::EngineHandle;
 use crate::models::config::Variant;
 use crate::ops::{Metrics, OpsServer};
@@ -40,20 +40,6 @@ pub fn check_role(config: &Config, options: &ServeOptions) -> Result<()> {
         bail!("--device is for --role worker or all; a gateway loads no model");
     }
     Ok(())
-}
-
-fn bot_options(config: &Config, token: String, metrics: &Metrics) -> BotOptions {
-    BotOptions {
-        token,
-        api_base: proxy_base(&config.discord.api_base),
-        dev_guild: config.discord.dev_guild_id,
-        download: config.download_policy(),
-        notifier: NotifierOptions {
-            metrics: metrics.clone(),
-            ..NotifierOptions::default()
-        },
-        video_shape: config.discord.video_shape_for_tests,
-    }
 }
 
 /// The ops listener when `[ops] listen` is set, serving the process's one [`Metrics`]; up
