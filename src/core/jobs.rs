@@ -79,6 +79,13 @@ impl JobSpec {
     pub fn effective_prompt(&self) -> &str {
         self.expanded_prompt.as_deref().unwrap_or(&self.prompt)
     }
+
+    /// The steps the sampler really runs for the `steps` asked (the original's uniform DDIM
+    /// schedule runs 7 for 6): the total every progress line shows, from the first one on.
+    pub fn sampling_steps(&self) -> usize {
+        let timesteps = self.variant.config().diffusion.timesteps;
+        crate::sampler::schedule::ddim_step_count(timesteps, self.steps)
+    }
 }
 
 // Hand-written so a 10 MB image does not flood a log line.

@@ -63,6 +63,7 @@ pub(super) async fn run_loop(inner: Arc<Inner>) {
                 inner.run_job(job).await;
             }
             None => {
+                inner.idle.notify_one();
                 tokio::select! {
                     _ = inner.wake.notified() => {}
                     _ = stop.changed() => {}
@@ -243,7 +244,7 @@ impl Inner {
             match events.recv().await {
                 None => break Err(EngineError::Stopped),
                 Some(EngineEvent::Started) => {
-                    let total = job.spec.steps;
+                    let total = job.spec.sampling_steps();
                     self.set_progress(0, total);
                     self.update(
                         job,

@@ -164,7 +164,7 @@ fn status_line(job: &JobRecord, update: &JobUpdate) -> String {
         JobUpdate::Queued { position } => format!("⏳ Queued — position {position}."),
         JobUpdate::Expanding => "✍️ Expanding the prompt…".into(),
         JobUpdate::Expanded { .. } | JobUpdate::ExpansionSkipped { .. } => {
-            progress_line(0, job.spec.steps, Duration::ZERO, Duration::ZERO)
+            progress_line(0, job.spec.sampling_steps(), Duration::ZERO, Duration::ZERO)
         }
         JobUpdate::Running {
             step,

@@ -81,6 +81,25 @@ pub struct DdimStep {
     pub scale_prev: f32,
 }
 
+/// The DDIM timesteps (ascending) of `requested` uniform steps over `total` training
+/// timesteps: `range(0, T, T // S) + 1`.
+fn uniform_timesteps(total: usize, requested: usize) -> Vec<usize> {
+    let stride = (total / requested.clamp(1, total)).max(1);
+    // When the last multiple of the stride is T-1 (S = 3: 0, 333, 666, 999) the original's
+    // `+ 1` indexes past the schedule and crashes; that timestep is dropped here instead.
+    (0..total)
+        .step_by(stride)
+        .map(|t| t + 1)
+        .filter(|&t| t < total)
+        .collect()
+}
+
+/// How many UNet steps a DDIM run of `requested` steps really takes over `total` training
+/// timesteps (see [`DdimSchedule::new`]: 6 asked of 1000 run 7), without building it.
+pub fn ddim_step_count(total: usize, requested: usize) -> usize {
+    uniform_timesteps(total, requested).len()
+}
+
 /// `make_schedule(ddim_num_steps, ddim_discretize="uniform", ddim_eta)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DdimSchedule {
@@ -93,15 +112,7 @@ impl DdimSchedule {
     /// this yields more than S steps (S=30 gives 31); `steps.len()` is the real count.
     /// Every S from 1 to T gives a valid schedule.
     pub fn new(schedule: &NoiseSchedule, requested_steps: usize, eta: f64) -> Self {
-        let total = schedule.alphas_cumprod.len();
-        let stride = (total / requested_steps.clamp(1, total)).max(1);
-        // When the last multiple of the stride is T-1 (S = 3: 0, 333, 666, 999) the original's
-        // `+ 1` indexes past the schedule and crashes; that timestep is dropped here instead.
-        let timesteps: Vec<usize> = (0..total)
-            .step_by(stride)
-            .map(|t| t + 1)
-            .filter(|&t| t < total)
-            .collect();
+        let timesteps = uniform_timesteps(schedule.alphas_cumprod.len(), requested_steps);
         let ac = &schedule.alphas_cumprod;
         let scale_at = |t: usize| schedule.scale_arr.as_ref().map_or(1.0, |s| s[t]);
         let mut steps: Vec<DdimStep> = timesteps

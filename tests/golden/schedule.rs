@@ -5,7 +5,7 @@
 
 use super::support::golden::*;
 use floor33::models::config::{ModelConfig, Variant};
-use floor33::sampler::schedule::{DdimSchedule, NoiseSchedule};
+use floor33::sampler::schedule::{ddim_step_count, DdimSchedule, NoiseSchedule};
 
 fn assert_vec_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -154,11 +154,12 @@ fn steps_not_dividing_1000_follow_the_original() {
         vec![667, 334, 1]
     );
     for s in 1..=1000 {
-        assert!(DdimSchedule::new(&sched, s, 0.5)
-            .steps
-            .iter()
-            .all(|x| x.timestep < 1000));
+        let built = DdimSchedule::new(&sched, s, 0.5);
+        assert!(built.steps.iter().all(|x| x.timestep < 1000));
+        // The count progress shows before the run is the count the run takes.
+        assert_eq!(ddim_step_count(1000, s), built.steps.len(), "S = {s}");
     }
+    assert_eq!(ddim_step_count(1000, 6), 7);
     let fifty = DdimSchedule::new(&sched, 50, 1.0);
     assert_eq!(fifty.steps.len(), 50);
     assert_eq!(fifty.steps[0].timestep, 981);
