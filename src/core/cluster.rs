@@ -408,6 +408,8 @@ async fn work(
                 None => tokio::time::sleep(options.poll).await,
             },
             _ = tokio::time::sleep(options.poll) => {}
+            // The last job ended: the next one is claimed now, not a poll later.
+            _ = inner.idle.notified() => {}
             _ = stop.changed() => {}
         }
     }

@@ -129,6 +129,9 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     /// Something was queued: the runner looks again.
     pub(super) wake: Notify,
+    /// The runner found nothing to run: a cluster worker claims the next job at once instead
+    /// of at its next poll.
+    pub(super) idle: Notify,
     /// Set once, at shutdown.
     pub(super) stop: watch::Sender<bool>,
     runner: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -311,6 +314,7 @@ impl JobService {
                 delivering: HashSet::new(),
             }),
             wake: Notify::new(),
+            idle: Notify::new(),
             stop,
             runner: Mutex::new(None),
             deliveries: Mutex::new(JoinSet::new()),

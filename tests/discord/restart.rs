@@ -71,7 +71,8 @@ async fn sigkill_mid_job_then_restart_delivers_exactly_one_video() {
         "t2v",
         vec![
             option("prompt", json!("survives a crash")),
-            option("steps", json!(20)),
+            // About a second a step at tiny's default shape: the kill lands mid-job.
+            option("steps", json!(6)),
         ],
     ));
     // Mid-job: the member has seen it running.

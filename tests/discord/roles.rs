@@ -1,6 +1,6 @@
 //! `floor33 serve --role gateway` and `--role worker` processes on one fresh PostgreSQL
 //! database, against the loopback fake Discord, with the tiny model on the CPU (one step, 2
-//! frames of 16×16, no previews, a 10 s lease renewed every 0.5 s):
+//! frames of 16×16, no previews, a 4 s lease renewed every 0.25 s):
 //! - a burst of 100 `/t2v` from 10 members on one gateway and two workers: every one
 //!   acknowledged once, run once and delivered once, claimed in fair order (rounds per
 //!   member) and spread over both workers; `/metrics` of the gateway and the workers agree;
@@ -28,8 +28,9 @@ use super::support::test_pg::TestPg;
 
 const MEMBERS: u64 = 10;
 const PER_MEMBER: u64 = 10;
-/// Steps of a job that must still run when the test cancels it or kills its worker.
-const LONG: u64 = 500;
+/// Steps of a job that must still run when the test cancels it or kills its worker (tens of
+/// milliseconds each at this shape: seconds in all, while the test reacts within one poll).
+const LONG: u64 = 150;
 
 /// One row of `jobs` as the test reads it.
 #[derive(Debug, Clone)]
@@ -99,8 +100,8 @@ preview_every_s = 0
 max_steps = 1000
 
 [cluster]
-lease_ttl_s = 10.0
-poll_s = 0.5
+lease_ttl_s = 4.0
+poll_s = 0.25
 
 [defaults]
 default_variant = "tiny"
