@@ -14,4 +14,8 @@ impl VideoEngine for EngineHandle {
     fn submit(&self, request: GenerationRequest, options: JobOptions) -> JobHandle {
         EngineHandle::submit(self, request, options)
     }
+
+    fn submit_batch(&self, jobs: Vec<(GenerationRequest, JobOptions)>) -> Vec<JobHandle> {
+        EngineHandle::submit_batch(self, jobs)
+    }
 }

@@ -24,6 +24,15 @@ pub trait VideoEngine: Send + Sync + 'static {
     /// Queues a job; the last event on the handle is `Finished` (a handle whose events end
     /// without one means the engine stopped).
     fn submit(&self, request: GenerationRequest, options: JobOptions) -> JobHandle;
+    /// Queues compatible jobs (same variant, shape, frames, steps and eta) to run as one
+    /// sampler batch: one handle per request, in order, each with its own events and its own
+    /// cancel token that stops that job alone. The default submits them one by one (the jobs
+    /// then run one after another), which is all a test double needs.
+    fn submit_batch(&self, jobs: Vec<(GenerationRequest, JobOptions)>) -> Vec<JobHandle> {
+        jobs.into_iter()
+            .map(|(request, options)| self.submit(request, options))
+            .collect()
+    }
 }
 
 /// A change in a job's life the member should see.

@@ -1,6 +1,7 @@
-//! The inference actor: one thread owns the device and the loaded pipelines, takes jobs over a
-//! channel one at a time, streams progress events, honours cancellation between steps, and
-//! answers every job with a result or a typed error — a panic in model code included.
+//! The inference actor: one thread owns the device and the loaded pipelines, takes work over a
+//! channel — one job, or several compatible jobs to run as one sampler batch — streams each
+//! job's progress events, honours each job's cancellation between steps, and answers every job
+//! with a result or a typed error — a panic in model code included.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc as tokio_mpsc;
 
 use super::error::EngineError;
-use super::pipeline::{Generated, Pipeline};
+use super::pipeline::{batch_compatible, Generated, Pipeline, StepProgress};
 use super::request::{GenerationRequest, Limits};
 use crate::models::config::Variant;
 use crate::sampler::ddim::Flow;
@@ -95,10 +96,13 @@ impl JobHandle {
     }
 }
 
+/// What the actor takes off its channel: the jobs of one submit (one, or a batch).
+type Work = Vec<Job>;
+
 /// Cheap, cloneable handle to the actor.
 #[derive(Clone)]
 pub struct EngineHandle {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Work>,
     variants: Arc<Vec<Variant>>,
 }
 
@@ -119,7 +123,7 @@ impl EngineHandle {
     where
         F: FnOnce() -> Result<Vec<Pipeline>, EngineError> + Send + 'static,
     {
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+        let (jobs_tx, jobs_rx) = mpsc::channel::<Work>();
         let (ready_tx, ready_rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("floor33-engine".into())
@@ -157,23 +161,42 @@ impl EngineHandle {
 
     /// Queues a job. Events arrive on the returned handle; the last one is `Finished`.
     pub fn submit(&self, request: GenerationRequest, options: JobOptions) -> JobHandle {
-        let (events_tx, events_rx) = tokio_mpsc::unbounded_channel();
-        let cancel = CancelToken::default();
-        let job = Job {
-            request,
-            options,
-            events: events_tx,
-            cancel: cancel.clone(),
-        };
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            let _ = job
-                .events
-                .send(EngineEvent::Finished(Err(EngineError::Stopped)));
+        self.submit_batch(vec![(request, options)])
+            .pop()
+            .expect("one handle per request")
+    }
+
+    /// Queues several jobs to run as one sampler batch ([`Pipeline::generate_batch`]): one
+    /// handle per request, in order, each with its own events (its own `Started`, progress,
+    /// previews and `Finished`) and its own cancel token, which stops that job alone. Jobs
+    /// that are not [`batch_compatible`] with the first are run one after another instead.
+    pub fn submit_batch(&self, jobs: Vec<(GenerationRequest, JobOptions)>) -> Vec<JobHandle> {
+        let mut handles = Vec::with_capacity(jobs.len());
+        let work: Work = jobs
+            .into_iter()
+            .map(|(request, options)| {
+                let (events_tx, events_rx) = tokio_mpsc::unbounded_channel();
+                let cancel = CancelToken::default();
+                handles.push(JobHandle {
+                    events: events_rx,
+                    cancel: cancel.clone(),
+                });
+                Job {
+                    request,
+                    options,
+                    events: events_tx,
+                    cancel,
+                }
+            })
+            .collect();
+        if let Err(mpsc::SendError(work)) = self.jobs.send(work) {
+            for job in work {
+                let _ = job
+                    .events
+                    .send(EngineEvent::Finished(Err(EngineError::Stopped)));
+            }
         }
-        JobHandle {
-            events: events_rx,
-            cancel,
-        }
+        handles
     }
 }
 
@@ -186,46 +209,146 @@ fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// The actor loop: ends when every handle is dropped.
-fn run(pipelines: HashMap<Variant, Pipeline>, jobs: mpsc::Receiver<Job>, limits: Limits) {
-    while let Ok(job) = jobs.recv() {
-        if job.cancel.is_cancelled() {
+fn run(pipelines: HashMap<Variant, Pipeline>, work: mpsc::Receiver<Work>, limits: Limits) {
+    while let Ok(jobs) = work.recv() {
+        // Jobs cancelled while they waited end here, before any work.
+        let (cancelled, mut jobs): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|job| job.cancel.is_cancelled());
+        for job in cancelled {
             let _ = job
                 .events
                 .send(EngineEvent::Finished(Err(EngineError::Cancelled)));
+        }
+        let together = jobs.len() > 1
+            && jobs
+                .iter()
+                .all(|job| batch_compatible(&jobs[0].request, &job.request));
+        if together {
+            run_batch(&pipelines, &jobs, &limits);
             continue;
         }
-        let _ = job.events.send(EngineEvent::Started);
-        let result = match pipelines.get(&job.request.variant) {
-            None => Err(EngineError::ModelNotLoaded(job.request.variant.to_string())),
-            Some(pipeline) => {
-                std::panic::catch_unwind(AssertUnwindSafe(|| run_job(pipeline, &job, &limits)))
-                    .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&p))))
+        for job in jobs.drain(..) {
+            // A later job of a split batch may have been cancelled while an earlier one ran.
+            if job.cancel.is_cancelled() {
+                let _ = job
+                    .events
+                    .send(EngineEvent::Finished(Err(EngineError::Cancelled)));
+                continue;
             }
-        };
-        match &result {
-            Ok(g) => {
-                tracing::info!(variant = %job.request.variant, seconds = g.elapsed.as_secs_f64(), "job finished")
-            }
-            Err(EngineError::Cancelled) => tracing::info!("job cancelled"),
-            Err(e) => tracing::warn!(error = %e, "job failed"),
+            run_one(&pipelines, &job, &limits);
         }
-        let _ = job.events.send(EngineEvent::Finished(result));
     }
 }
 
-fn run_job(pipeline: &Pipeline, job: &Job, limits: &Limits) -> Result<Generated, EngineError> {
-    let mut last_preview: Option<Instant> = None;
-    pipeline.generate(&job.request, limits, &mut |p| {
+fn run_one(pipelines: &HashMap<Variant, Pipeline>, job: &Job, limits: &Limits) {
+    let _ = job.events.send(EngineEvent::Started);
+    let result = match pipelines.get(&job.request.variant) {
+        None => Err(EngineError::ModelNotLoaded(job.request.variant.to_string())),
+        Some(pipeline) => {
+            std::panic::catch_unwind(AssertUnwindSafe(|| run_job(pipeline, job, limits)))
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&p))))
+        }
+    };
+    log_end(&job.request, &result);
+    let _ = job.events.send(EngineEvent::Finished(result));
+}
+
+fn log_end(request: &GenerationRequest, result: &Result<Generated, EngineError>) {
+    match result {
+        Ok(g) => {
+            tracing::info!(variant = %request.variant, seconds = g.elapsed.as_secs_f64(), "job finished")
+        }
+        Err(EngineError::Cancelled) => tracing::info!("job cancelled"),
+        Err(e) => tracing::warn!(error = %e, "job failed"),
+    }
+}
+
+/// Runs compatible jobs as one sampler batch. Each job hears its own events; a job stopped by
+/// its token (or whose submitter went away) gets its `Finished(Cancelled)` at once, the others
+/// go on. A panic or an error of the whole batch ends every job not yet finished with it.
+fn run_batch(pipelines: &HashMap<Variant, Pipeline>, jobs: &[Job], limits: &Limits) {
+    for job in jobs {
+        let _ = job.events.send(EngineEvent::Started);
+    }
+    let variant = jobs[0].request.variant;
+    let Some(pipeline) = pipelines.get(&variant) else {
+        for job in jobs {
+            let _ = job
+                .events
+                .send(EngineEvent::Finished(Err(EngineError::ModelNotLoaded(
+                    variant.to_string(),
+                ))));
+        }
+        return;
+    };
+    tracing::info!(%variant, jobs = jobs.len(), "batch started");
+    let requests: Vec<GenerationRequest> = jobs.iter().map(|j| j.request.clone()).collect();
+    let mut reporters: Vec<Reporter> = jobs.iter().map(Reporter::new).collect();
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        pipeline.generate_batch(&requests, limits, &mut |i, p| {
+            let flow = reporters[i].step(pipeline, &p);
+            if flow == Flow::Stop {
+                // Stopped here: its owner hears it now, not when the batch ends.
+                reporters[i].finished = true;
+                let _ = jobs[i]
+                    .events
+                    .send(EngineEvent::Finished(Err(EngineError::Cancelled)));
+                tracing::info!("job cancelled");
+            }
+            flow
+        })
+    }))
+    .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&p))));
+    match ran {
+        Ok(results) => {
+            for ((job, reporter), result) in jobs.iter().zip(&reporters).zip(results) {
+                if !reporter.finished {
+                    log_end(&job.request, &result);
+                    let _ = job.events.send(EngineEvent::Finished(result));
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "batch failed");
+            for (job, reporter) in jobs.iter().zip(&reporters) {
+                if !reporter.finished {
+                    let _ = job.events.send(EngineEvent::Finished(Err(e.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// One job's side of a run: its cancel token, its previews' pace and its events.
+struct Reporter<'a> {
+    job: &'a Job,
+    last_preview: Option<Instant>,
+    /// Its `Finished` was sent already.
+    finished: bool,
+}
+
+impl<'a> Reporter<'a> {
+    fn new(job: &'a Job) -> Self {
+        Reporter {
+            job,
+            last_preview: None,
+            finished: false,
+        }
+    }
+
+    /// Reports one step of the job; `Stop` when it must not go on.
+    fn step(&mut self, pipeline: &Pipeline, p: &StepProgress) -> Flow {
+        let job = self.job;
         if job.cancel.is_cancelled() {
             return Flow::Stop;
         }
-        let due = match (job.options.preview_every, last_preview) {
+        let due = match (job.options.preview_every, self.last_preview) {
             (None, _) => false,
             (Some(_), None) => true,
             (Some(every), Some(at)) => at.elapsed() >= every,
         };
         let preview = if due && p.step < p.total {
-            last_preview = Some(Instant::now());
+            self.last_preview = Some(Instant::now());
             match pipeline.preview_frame(p.pred_x0) {
                 Ok(frame) => Some(frame),
                 Err(e) => {
@@ -252,5 +375,10 @@ fn run_job(pipeline: &Pipeline, job: &Job, limits: &Limits) -> Result<Generated,
         } else {
             Flow::Continue
         }
-    })
+    }
+}
+
+fn run_job(pipeline: &Pipeline, job: &Job, limits: &Limits) -> Result<Generated, EngineError> {
+    let mut reporter = Reporter::new(job);
+    pipeline.generate(&job.request, limits, &mut |p| reporter.step(pipeline, &p))
 }
