@@ -113,6 +113,14 @@ pub struct LimitsConfig {
     pub max_prompt_chars: usize,
     /// Seconds between two progress previews; 0 for none.
     pub preview_every_s: f64,
+    /// Most compatible waiting jobs (same model, size, frames, steps and eta) run together as
+    /// one sampler batch (1..=16). The default, 1, runs one job at a time as before batching:
+    /// on a CPU, or a GPU already busy with one job's guided batch of 2, a larger batch gives
+    /// no more jobs per hour, and every job of a batch waits for the slowest step of the
+    /// batch. An operator with a large GPU gains from 4 (one UNet call per step for four jobs;
+    /// `floor33 bench --batch 4` measures the gain on the host). Cluster workers claim one job
+    /// at a time and are not batched.
+    pub max_batch: usize,
 }
 
 /// The operator's HTTP listener (`/metrics`, `/healthz`, `/readyz`; see `src/ops`).
@@ -283,6 +291,7 @@ impl Default for LimitsConfig {
             max_steps: engine.max_steps,
             max_prompt_chars: engine.max_prompt_chars,
             preview_every_s: 3.0,
+            max_batch: 1,
         }
     }
 }
@@ -573,6 +582,7 @@ impl Config {
         let limits = &self.limits;
         in_range("limits.global_cap", limits.global_cap, 1, 100_000)?;
         in_range("limits.max_steps", limits.max_steps, 1, 1000)?;
+        in_range("limits.max_batch", limits.max_batch, 1, 16)?;
         in_range(
             "limits.max_prompt_chars",
             limits.max_prompt_chars,
@@ -612,6 +622,7 @@ impl Config {
         }
         config.defaults = self.defaults.clone();
         config.global_cap = self.limits.global_cap;
+        config.max_batch = self.limits.max_batch;
         config.limits = self.engine_limits();
         // `validate` bounds the value; `try_` keeps an unvalidated config from panicking.
         config.preview_every = (self.limits.preview_every_s > 0.0)
@@ -815,6 +826,7 @@ mod tests {
         assert_eq!(config.variants().unwrap(), vec![Variant::Vc2]);
         assert_eq!(config.defaults.member_waiting_limit, 2);
         assert_eq!(config.limits.global_cap, 100);
+        assert_eq!(config.limits, LimitsConfig::default());
         // The file states the built-in defaults; keep them in step.
         assert_eq!(config.llm, LlmConfig::default());
         assert_eq!(config.cluster, ClusterConfig::default());

@@ -387,9 +387,10 @@ async fn work(
         let (idle, running, delivering) = {
             let state = inner.state.lock().unwrap();
             let idle =
-                state.accepting && state.running.is_none() && state.scheduler.waiting_len() == 0;
+                state.accepting && state.running.is_empty() && state.scheduler.waiting_len() == 0;
             let delivering: Vec<JobId> = state.delivering.iter().copied().collect();
-            (idle, state.running.as_ref().map(|r| r.id), delivering)
+            let running: Vec<JobId> = state.running.iter().map(|r| r.id).collect();
+            (idle, running, delivering)
         };
         for id in delivering {
             renew_delivery(&inner, &worker, id, options.lease_ttl).await;
@@ -398,8 +399,10 @@ async fn work(
             if claim(&inner, &worker, options.lease_ttl).await {
                 continue;
             }
-        } else if let Some(id) = running {
-            renew(&inner, &worker, id, options.lease_ttl).await;
+        } else {
+            for id in running {
+                renew(&inner, &worker, id, options.lease_ttl).await;
+            }
         }
         tokio::select! {
             event = events.recv() => match event {
@@ -416,6 +419,10 @@ async fn work(
 }
 
 /// Claims the next job and hands it to the runner; `true` when one was claimed.
+///
+/// A worker claims one job at a time, and only when its runner is idle with nothing waiting,
+/// so `limits.max_batch` does not batch a worker's jobs: its runner only ever finds one job
+/// to start. Claiming several compatible jobs under one lease each is left for later.
 async fn claim(inner: &Arc<Inner>, worker: &str, ttl: Duration) -> bool {
     let (w, now) = (worker.to_string(), SystemTime::now());
     match inner.store.call(move |s| s.claim_next(&w, now, ttl)).await {
@@ -525,7 +532,7 @@ fn on_event(inner: &Arc<Inner>, payload: &str) {
 /// Stops the running job if it is `id`; `true` when it was.
 fn stop_running(inner: &Arc<Inner>, id: JobId, reason: StopReason) -> bool {
     let mut state = inner.state.lock().unwrap();
-    let Some(run) = state.running.as_mut().filter(|r| r.id == id) else {
+    let Some(run) = state.running.iter_mut().find(|r| r.id == id) else {
         return false;
     };
     run.stop.get_or_insert(reason);

@@ -1,6 +1,7 @@
-//! The runner: one task takes jobs from the scheduler one at a time (one GPU), expands the
-//! prompt when asked, runs the engine, reports progress and encodes the MP4; then hands the
-//! job to [`delivery`](super::delivery).
+//! The runner: one task takes jobs from the scheduler one at a time (one GPU) — or, with
+//! `max_batch` above 1, the next job and the waiting jobs that can share its sampler batch —
+//! expands the prompt when asked, runs the engine, reports each job's progress and encodes its
+//! MP4; then hands each job to [`delivery`](super::delivery).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use super::store::StoreError;
 use super::submit::cancel_reason;
 use super::validate::request_for;
 use crate::engine::image_input::{decode_image, ImageLimits};
-use crate::engine::{EngineError, EngineEvent, JobOptions};
+use crate::engine::{
+    batch_compatible, EngineError, EngineEvent, GenerationRequest, JobHandle, JobOptions,
+};
 use crate::ops::{JobOutcome, LlmFallback};
 use crate::video::{encode_mp4, preview_png, EncodeOptions};
 
@@ -26,51 +29,72 @@ pub(super) async fn run_loop(inner: Arc<Inner>) {
         if *stop.borrow() {
             break;
         }
-        let next = {
-            let mut state = inner.state.lock().unwrap();
-            let next = state.scheduler.start_next();
+        let (taken, jobs) = {
+            let mut guard = inner.state.lock().unwrap();
+            let state = &mut *guard;
+            let active = &state.active;
+            let taken = state
+                .scheduler
+                .start_batch(inner.config.max_batch, |first, other| {
+                    match (active.get(&first), active.get(&other)) {
+                        (Some(a), Some(b)) => batch_mates(a, b),
+                        _ => false,
+                    }
+                });
             inner
                 .config
                 .metrics
                 .set_queue_depth(state.scheduler.waiting_len());
-            match next {
-                None => None,
-                Some(id) => match state.active.get(&id).cloned() {
+            let mut jobs = Vec::with_capacity(taken.len());
+            for &id in &taken {
+                match state.active.get(&id).cloned() {
                     Some(job) => {
-                        state.running = Some(RunningJob {
+                        state.running.push(RunningJob {
                             id,
                             progress: None,
                             stop: None,
                             engine_cancel: None,
                             woken: Arc::new(Notify::new()),
                         });
-                        Some(job)
+                        jobs.push(job);
                     }
                     None => {
                         // Cannot happen (every queued id has a record); never wedge the queue.
                         tracing::error!(job = %id, "queued job without a record skipped");
                         state.scheduler.finish(id);
-                        continue;
                     }
-                },
-            }
-        };
-        match next {
-            Some(job) => {
-                // Everyone behind moved up one; tell them without holding up the GPU.
-                let positions = inner.clone();
-                tokio::spawn(async move { positions.broadcast_positions().await });
-                inner.run_job(job).await;
-            }
-            None => {
-                inner.idle.notify_one();
-                tokio::select! {
-                    _ = inner.wake.notified() => {}
-                    _ = stop.changed() => {}
                 }
+            }
+            (taken.len(), jobs)
+        };
+        if !jobs.is_empty() {
+            // Everyone behind moved up; tell them without holding up the GPU.
+            let positions = inner.clone();
+            tokio::spawn(async move { positions.broadcast_positions().await });
+            inner.run_batch(jobs).await;
+        } else if taken == 0 {
+            inner.idle.notify_one();
+            tokio::select! {
+                _ = inner.wake.notified() => {}
+                _ = stop.changed() => {}
             }
         }
     }
+}
+
+/// Whether a waiting job may share the sampler batch of the job that starts next: the same
+/// kind and an engine request the sampler can batch (variant, size, frames, steps, eta).
+/// A job whose prompt still needs expanding takes no batch-mates and is no one's: it runs
+/// alone, as before batching, so that no batch waits on an LLM.
+fn batch_mates(first: &JobRecord, other: &JobRecord) -> bool {
+    let expands = |job: &JobRecord| job.spec.expand && job.spec.expanded_prompt.is_none();
+    !expands(first)
+        && !expands(other)
+        && first.spec.kind == other.spec.kind
+        && batch_compatible(
+            &request_for(&first.spec, None),
+            &request_for(&other.spec, None),
+        )
 }
 
 /// How a run ended.
@@ -82,7 +106,59 @@ enum Ending {
 }
 
 impl Inner {
-    async fn run_job(self: &Arc<Self>, mut job: JobRecord) {
+    /// Runs the jobs the scheduler started together (one, or the compatible jobs of one
+    /// sampler batch): each is started, prepared, followed and ended on its own, so a job that
+    /// fails, is cancelled or is requeued does so alone; the engine runs the prepared ones as
+    /// one batch.
+    async fn run_batch(self: &Arc<Self>, jobs: Vec<JobRecord>) {
+        let options = JobOptions {
+            preview_every: self.config.preview_every,
+        };
+        let mut ready = Vec::with_capacity(jobs.len());
+        let mut requests = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            let ran = self.start(&mut job).await;
+            match self.prepare(&mut job).await {
+                Ok(request) => {
+                    ready.push((job, ran));
+                    requests.push((request, options.clone()));
+                }
+                Err(ending) => self.conclude(job, ran, ending).await,
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let handles = if requests.len() == 1 {
+            let (request, options) = requests.pop().expect("one request");
+            vec![self.engine.submit(request, options)]
+        } else {
+            tracing::info!(jobs = requests.len(), "jobs started as one batch");
+            self.engine.submit_batch(requests)
+        };
+        {
+            let mut state = self.state.lock().unwrap();
+            for ((job, _), handle) in ready.iter().zip(&handles) {
+                if let Some(run) = state.running.iter_mut().find(|r| r.id == job.id) {
+                    if run.stop.is_some() {
+                        handle.cancel.cancel();
+                    }
+                    run.engine_cancel = Some(handle.cancel.clone());
+                }
+            }
+        }
+        let runs = ready
+            .into_iter()
+            .zip(handles)
+            .map(|((mut job, ran), handle)| async move {
+                let ending = self.follow(&mut job, handle).await;
+                self.conclude(job, ran, ending).await;
+            });
+        futures_util::future::join_all(runs).await;
+    }
+
+    /// Records the start of a job; returns when it began running.
+    async fn start(&self, job: &mut JobRecord) -> std::time::Instant {
         let id = job.id;
         let now = SystemTime::now();
         if let Err(e) = self.store.call(move |s| s.mark_running(id, now)).await {
@@ -91,12 +167,21 @@ impl Inner {
         job.state = JobState::Running;
         job.started_at = Some(now);
         tracing::info!(job = %id, variant = %job.spec.variant, "job started");
-        let metrics = &self.config.metrics;
         let waited = now.duration_since(job.created_at).unwrap_or_default();
-        metrics.job_started(job.spec.variant, waited);
-        let ran = std::time::Instant::now();
+        self.config.metrics.job_started(job.spec.variant, waited);
+        std::time::Instant::now()
+    }
 
-        let ending = self.generate(&mut job).await;
+    /// Records how a job ended, takes it out of the running jobs and tells its member (or
+    /// hands the video to delivery).
+    async fn conclude(
+        self: &Arc<Self>,
+        mut job: JobRecord,
+        ran: std::time::Instant,
+        ending: Ending,
+    ) {
+        let id = job.id;
+        let metrics = &self.config.metrics;
         let now = SystemTime::now();
         let stored = match &ending {
             Ending::Done(done) => {
@@ -128,7 +213,7 @@ impl Inner {
             // and delivers it.
             tracing::warn!(job = %id, "lease lost; the job is left to the worker that holds it");
             let mut state = self.state.lock().unwrap();
-            state.running = None;
+            state.running.retain(|r| r.id != id);
             state.scheduler.finish(id);
             state.active.remove(&id);
             return;
@@ -138,10 +223,10 @@ impl Inner {
         }
         {
             let mut state = self.state.lock().unwrap();
-            state.running = None;
+            state.running.retain(|r| r.id != id);
             match &ending {
                 Ending::Requeue => {
-                    state.scheduler.requeue_running();
+                    state.scheduler.requeue(id);
                     metrics.set_queue_depth(state.scheduler.waiting_len());
                     let mut waiting = job.clone();
                     waiting.state = JobState::Queued;
@@ -200,42 +285,32 @@ impl Inner {
             .map(Arc::new)
     }
 
-    /// Expansion, engine run and encode. Fills `job`'s result fields on success.
-    async fn generate(self: &Arc<Self>, job: &mut JobRecord) -> Ending {
+    /// The input image and the expansion: the engine request of a job, or how it ends first.
+    async fn prepare(self: &Arc<Self>, job: &mut JobRecord) -> Result<GenerationRequest, Ending> {
         let id = job.id;
         let image = if job.spec.kind == JobKind::ImageToVideo {
             match self.input_image(id).await {
                 Ok(image) => Some(image),
-                Err(message) => return Ending::Failed(message),
+                Err(message) => return Err(Ending::Failed(message)),
             }
         } else {
             None
         };
         if job.spec.expand && job.spec.expanded_prompt.is_none() {
             if let Some(ending) = self.expand(job).await {
-                return ending;
+                return Err(ending);
             }
         }
-        if let Some(ending) = self.stop_requested() {
-            return ending;
+        if let Some(ending) = self.stop_requested(id) {
+            return Err(ending);
         }
+        Ok(request_for(&job.spec, image))
+    }
 
-        let request = request_for(&job.spec, image);
-        let handle = self.engine.submit(
-            request,
-            JobOptions {
-                preview_every: self.config.preview_every,
-            },
-        );
-        {
-            let mut state = self.state.lock().unwrap();
-            if let Some(run) = state.running.as_mut() {
-                if run.stop.is_some() {
-                    handle.cancel.cancel();
-                }
-                run.engine_cancel = Some(handle.cancel.clone());
-            }
-        }
+    /// Follows a job's engine run (progress to its member) and encodes its video. Fills
+    /// `job`'s result fields on success.
+    async fn follow(&self, job: &mut JobRecord, handle: JobHandle) -> Ending {
+        let id = job.id;
         let mut events = handle.events;
         // The last step reported, to time the steps between two reports (the first report
         // also carries the prompt encoding, so timing starts there).
@@ -245,7 +320,7 @@ impl Inner {
                 None => break Err(EngineError::Stopped),
                 Some(EngineEvent::Started) => {
                     let total = job.spec.sampling_steps();
-                    self.set_progress(0, total);
+                    self.set_progress(id, 0, total);
                     self.update(
                         job,
                         JobUpdate::Running {
@@ -259,7 +334,7 @@ impl Inner {
                     .await;
                 }
                 Some(EngineEvent::Progress(p)) => {
-                    self.set_progress(p.step, p.total);
+                    self.set_progress(id, p.step, p.total);
                     if let Some((step, at)) = last_step.filter(|(s, _)| p.step > *s) {
                         let steps = (p.step - step) as u32;
                         let each = p.elapsed.saturating_sub(at) / steps;
@@ -297,7 +372,7 @@ impl Inner {
             Ok(g) => g,
             Err(EngineError::Cancelled) | Err(EngineError::Stopped) => {
                 return self
-                    .stop_requested()
+                    .stop_requested(id)
                     .unwrap_or_else(|| Ending::Failed("the engine stopped".into()))
             }
             Err(e) => return Ending::Failed(e.to_string()),
@@ -338,11 +413,19 @@ impl Inner {
             return None;
         };
         self.update(job, JobUpdate::Expanding).await;
-        let woken = self.state.lock().unwrap().running.as_ref()?.woken.clone();
+        let woken = self
+            .state
+            .lock()
+            .unwrap()
+            .running
+            .iter()
+            .find(|r| r.id == job.id)?
+            .woken
+            .clone();
         let (prompt, kind) = (job.spec.prompt.clone(), job.spec.kind);
         let outcome = tokio::select! {
             outcome = expander.expand(&prompt, kind) => outcome,
-            _ = woken.notified() => return self.stop_requested(),
+            _ = woken.notified() => return self.stop_requested(job.id),
         };
         match outcome {
             ExpandOutcome::Expanded(text) if !text.trim().is_empty() => {
@@ -398,17 +481,18 @@ impl Inner {
         None
     }
 
-    /// The ending a stop request asks for, if one was made.
-    fn stop_requested(&self) -> Option<Ending> {
+    /// The ending a stop request for the running job `id` asks for, if one was made.
+    fn stop_requested(&self, id: JobId) -> Option<Ending> {
         let state = self.state.lock().unwrap();
-        match state.running.as_ref()?.stop? {
+        match state.running.iter().find(|r| r.id == id)?.stop? {
             StopReason::User(by) => Some(Ending::Cancelled(by)),
             StopReason::Shutdown => Some(Ending::Requeue),
         }
     }
 
-    fn set_progress(&self, step: usize, total: usize) {
-        if let Some(run) = self.state.lock().unwrap().running.as_mut() {
+    fn set_progress(&self, id: JobId, step: usize, total: usize) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(run) = state.running.iter_mut().find(|r| r.id == id) {
             run.progress = Some((step, total));
         }
     }

@@ -51,7 +51,9 @@ pub struct Scheduler {
     /// Waiting jobs in running order.
     queue: BTreeMap<(u64, JobId), MemberId>,
     rounds: HashMap<JobId, u64>,
-    running: Option<(JobId, MemberId, u64)>,
+    /// The running jobs: one, or the jobs of one sampler batch (the first in fair order
+    /// first).
+    running: Vec<(JobId, MemberId, u64)>,
     /// Round of the job that started last.
     current_round: u64,
     reserved: HashMap<MemberId, usize>,
@@ -65,7 +67,7 @@ impl Scheduler {
             cap,
             queue: BTreeMap::new(),
             rounds: HashMap::new(),
-            running: None,
+            running: Vec::new(),
             current_round: 0,
             reserved: HashMap::new(),
             last_submit: HashMap::new(),
@@ -161,32 +163,72 @@ impl Scheduler {
     /// Takes the next job off the queue and marks it running. `None` when nothing waits or a job
     /// already runs (one GPU, one job).
     pub fn start_next(&mut self) -> Option<JobId> {
-        if self.running.is_some() {
-            return None;
-        }
-        let ((round, id), member) = self.queue.pop_first()?;
-        self.rounds.remove(&id);
-        self.running = Some((id, member, round));
-        self.current_round = self.current_round.max(round);
-        Some(id)
+        self.start_batch(1, |_, _| false).into_iter().next()
     }
 
-    /// The running job ended (whichever way). Returns false if `id` was not running.
-    pub fn finish(&mut self, id: JobId) -> bool {
-        match self.running {
-            Some((running, ..)) if running == id => {
-                self.running = None;
-                true
+    /// Takes the next job off the queue and, to share its sampler batch, up to `max - 1`
+    /// further waiting jobs for which `compatible(first, other)` holds, in fair order; all are
+    /// marked running, the first in fair order first. Empty when nothing waits or jobs already
+    /// run. The jobs passed over keep their places (and their order).
+    pub fn start_batch(
+        &mut self,
+        max: usize,
+        compatible: impl Fn(JobId, JobId) -> bool,
+    ) -> Vec<JobId> {
+        if !self.running.is_empty() {
+            return Vec::new();
+        }
+        let Some(((round, first), member)) = self.queue.pop_first() else {
+            return Vec::new();
+        };
+        let mut taken = vec![((round, first), member)];
+        let mates: Vec<(u64, JobId)> = self
+            .queue
+            .keys()
+            .filter(|&&(_, id)| compatible(first, id))
+            .take(max.saturating_sub(1))
+            .copied()
+            .collect();
+        for key in mates {
+            if let Some(member) = self.queue.remove(&key) {
+                taken.push((key, member));
             }
-            _ => false,
         }
+        for &((round, id), member) in &taken {
+            self.rounds.remove(&id);
+            self.running.push((id, member, round));
+            self.current_round = self.current_round.max(round);
+        }
+        taken.into_iter().map(|((_, id), _)| id).collect()
     }
 
-    /// Puts the running job back at the head of the queue (shutdown, or an interrupted run).
+    /// A running job ended (whichever way). Returns false if `id` was not running.
+    pub fn finish(&mut self, id: JobId) -> bool {
+        let before = self.running.len();
+        self.running.retain(|&(running, ..)| running != id);
+        self.running.len() < before
+    }
+
+    /// Puts every running job back at the head of the queue, in their fair order (shutdown, or
+    /// an interrupted run). Returns the first.
     pub fn requeue_running(&mut self) -> Option<JobId> {
-        let (id, member, round) = self.running.take()?;
+        let running = std::mem::take(&mut self.running);
+        let first = running.first().map(|&(id, ..)| id);
+        for (id, member, round) in running {
+            self.insert(id, member, round);
+        }
+        first
+    }
+
+    /// Puts the running job `id` back in the queue at its old place. Returns false if `id` was
+    /// not running.
+    pub fn requeue(&mut self, id: JobId) -> bool {
+        let Some(at) = self.running.iter().position(|&(r, ..)| r == id) else {
+            return false;
+        };
+        let (id, member, round) = self.running.remove(at);
         self.insert(id, member, round);
-        Some(id)
+        true
     }
 
     pub fn cancel(&mut self, id: JobId) -> Option<Cancelled> {
@@ -194,14 +236,20 @@ impl Scheduler {
             self.queue.remove(&(round, id));
             return Some(Cancelled::Removed);
         }
-        match self.running {
-            Some((running, ..)) if running == id => Some(Cancelled::Running),
-            _ => None,
-        }
+        self.running
+            .iter()
+            .any(|&(running, ..)| running == id)
+            .then_some(Cancelled::Running)
     }
 
+    /// The running job (the first in fair order of a running batch).
     pub fn running(&self) -> Option<JobId> {
-        self.running.map(|(id, ..)| id)
+        self.running.first().map(|&(id, ..)| id)
+    }
+
+    /// Every running job: one, or the jobs of a batch.
+    pub fn running_all(&self) -> Vec<JobId> {
+        self.running.iter().map(|&(id, ..)| id).collect()
     }
 
     /// 1-based place in the queue of a waiting job (1 runs next).
@@ -233,7 +281,7 @@ impl Scheduler {
             .iter()
             .filter(|(_, &m)| m == member)
             .map(|(&(round, _), _)| round)
-            .chain(self.running.filter(|r| r.1 == member).map(|r| r.2))
+            .chain(self.running.iter().filter(|r| r.1 == member).map(|r| r.2))
             .max();
         let floor = self.current_round + 1;
         last.map_or(floor, |r| (r + 1).max(floor))
@@ -377,6 +425,37 @@ mod tests {
         assert_eq!(s.requeue_running(), Some(JobId(1)));
         assert_eq!(s.position(JobId(1)), Some(1));
         assert_eq!(s.position(JobId(2)), Some(2));
+    }
+
+    #[test]
+    fn a_batch_takes_compatible_jobs_in_fair_order_and_leaves_the_rest_in_place() {
+        let mut s = Scheduler::new(100);
+        for (id, member) in [(1, 10), (2, 20), (3, 30), (4, 40), (5, 50), (6, 10)] {
+            submit(&mut s, id, member);
+        }
+        // Odd ids are compatible with each other, even ids with each other.
+        let batch = s.start_batch(3, |a, b| a.0 % 2 == b.0 % 2);
+        assert_eq!(batch, vec![JobId(1), JobId(3), JobId(5)]);
+        assert_eq!(s.running_all(), batch);
+        assert_eq!(s.running(), Some(JobId(1)));
+        assert_eq!(s.position(JobId(2)), Some(1));
+        assert_eq!(s.position(JobId(4)), Some(2));
+        assert_eq!(s.position(JobId(6)), Some(3));
+        // Nothing else starts while the batch runs.
+        assert!(s.start_batch(3, |_, _| true).is_empty());
+        assert_eq!(s.cancel(JobId(3)), Some(Cancelled::Running));
+        assert!(s.finish(JobId(3)));
+        assert!(!s.finish(JobId(3)));
+        // A job of the batch goes back to its old place.
+        assert!(s.requeue(JobId(5)));
+        assert_eq!(s.position(JobId(5)), Some(3));
+        assert_eq!(s.requeue_running(), Some(JobId(1)));
+        assert_eq!(
+            s.order().iter().map(|(id, _)| id.0).collect::<Vec<_>>(),
+            vec![1, 2, 4, 5, 6]
+        );
+        // A batch of one is the next job alone.
+        assert_eq!(s.start_batch(1, |_, _| true), vec![JobId(1)]);
     }
 
     #[test]

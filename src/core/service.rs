@@ -4,7 +4,8 @@
 //!
 //! Guarantees:
 //! - `submit` returns only once the job is on disk, so "queued" survives a crash.
-//! - One runner task takes jobs from the [`Scheduler`] one at a time (one GPU).
+//! - One runner task takes jobs from the [`Scheduler`] one at a time (one GPU), or up to
+//!   `max_batch` compatible ones at a time to share one sampler batch.
 //! - A job is marked delivered only when the notifier's `deliver` succeeded; at start-up every
 //!   finished-but-undelivered job is delivered again, and jobs left running are queued again at
 //!   the head. So a crash loses no job and, short of dying inside `deliver` itself, duplicates
@@ -53,6 +54,10 @@ pub struct ServiceConfig {
     pub defaults: GuildSettings,
     /// Most jobs waiting across the bot.
     pub global_cap: usize,
+    /// Most jobs the runner starts together as one sampler batch: the next job in fair order
+    /// and up to `max_batch - 1` waiting jobs compatible with it (same model, shape, steps and
+    /// eta). 1 runs one job at a time.
+    pub max_batch: usize,
     /// The engine's hard limits (the bounds of guild settings).
     pub limits: Limits,
     /// Least time between two progress previews; `None` for none.
@@ -79,6 +84,7 @@ impl ServiceConfig {
             results_dir,
             defaults: GuildSettings::default(),
             global_cap: 100,
+            max_batch: 1,
             limits: Limits::default(),
             preview_every: Some(Duration::from_secs(3)),
             preview_max_side: 512,
@@ -90,10 +96,10 @@ impl ServiceConfig {
     }
 }
 
-/// How [`JobService::shutdown`] treats the running job.
+/// How [`JobService::shutdown`] treats the running jobs (every job of a running batch alike).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShutdownMode {
-    /// Stop it at its next step and put it back at the head of the queue (fast).
+    /// Stop them at their next step and put them back at the head of the queue (fast).
     Requeue,
     /// Let it finish and deliver.
     Finish,
@@ -161,7 +167,9 @@ pub(super) struct State {
     pub(super) scheduler: Scheduler,
     /// Waiting and running jobs (the queue view and the runner read them from here).
     pub(super) active: HashMap<JobId, JobRecord>,
-    pub(super) running: Option<RunningJob>,
+    /// The running jobs: none, one, or the jobs of one sampler batch (in fair order); each
+    /// leaves when it ends.
+    pub(super) running: Vec<RunningJob>,
     pub(super) settings: HashMap<u64, GuildSettings>,
     pub(super) delivering: HashSet<JobId>,
 }
@@ -309,7 +317,7 @@ impl JobService {
                 accepting: true,
                 scheduler: parts.scheduler,
                 active: parts.active,
-                running: None,
+                running: Vec::new(),
                 settings: HashMap::new(),
                 delivering: HashSet::new(),
             }),
@@ -498,14 +506,14 @@ impl JobService {
         Ok(n)
     }
 
-    /// Stops taking jobs, deals with the running one as `mode` says, waits for deliveries in
+    /// Stops taking jobs, deals with the running ones as `mode` says, waits for deliveries in
     /// flight, and returns. Waiting jobs stay queued on disk for the next start.
     pub async fn shutdown(&self, mode: ShutdownMode) {
         {
             let mut state = self.inner.state.lock().unwrap();
             state.accepting = false;
             if mode == ShutdownMode::Requeue {
-                if let Some(run) = state.running.as_mut() {
+                for run in state.running.iter_mut() {
                     run.stop.get_or_insert(StopReason::Shutdown);
                     if let Some(token) = &run.engine_cancel {
                         token.cancel();

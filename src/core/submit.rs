@@ -166,7 +166,7 @@ impl JobService {
             // The first view is the job's place. It goes out before the runner is woken so
             // that it cannot overtake the job's first progress; it is skipped if a busy runner
             // already took the job.
-            let first = state.running.as_ref().is_none_or(|run| run.id != id);
+            let first = state.running.iter().all(|run| run.id != id);
             (id, position, record, first)
         };
         tracing::info!(job = %id, position, "job queued");
@@ -226,7 +226,7 @@ impl JobService {
                     CancelOutcome::Removed
                 }
                 Some(Cancelled::Running) => {
-                    if let Some(run) = state.running.as_mut().filter(|r| r.id == id) {
+                    if let Some(run) = state.running.iter_mut().find(|r| r.id == id) {
                         run.stop.get_or_insert(StopReason::User(by.user_id));
                         if let Some(token) = &run.engine_cancel {
                             token.cancel();

@@ -29,7 +29,10 @@ pub struct QueueEntry {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueView {
+    /// The running job (the first in fair order of a running batch).
     pub running: Option<QueueEntry>,
+    /// The other jobs of a running sampler batch, in fair order (empty without batching).
+    pub also_running: Vec<QueueEntry>,
     /// This guild's waiting jobs, in running order, with their bot-wide positions.
     pub waiting: Vec<QueueEntry>,
     /// Waiting jobs across the bot.
@@ -71,12 +74,13 @@ impl JobService {
             queued_at: job.created_at,
             progress,
         };
-        let running = state.running.as_ref().and_then(|run| {
+        let mut running = state.running.iter().filter_map(|run| {
             state
                 .active
                 .get(&run.id)
                 .map(|job| entry(job, 0, run.progress))
         });
+        let (running, also_running) = (running.next(), running.collect());
         let waiting = state
             .scheduler
             .order()
@@ -88,6 +92,7 @@ impl JobService {
             .collect();
         QueueView {
             running,
+            also_running,
             waiting,
             total_waiting: state.scheduler.waiting_len(),
             cap: state.scheduler.cap(),

@@ -19,24 +19,25 @@ pub async fn queue(ctx: Context<'_>) -> Result<(), Error> {
         .service
         .queue_view(ctx.guild_id().map(|g| g.get()));
     let mut text = String::new();
-    match &view.running {
-        Some(r) => {
-            let progress = r
-                .progress
-                .map(|(s, t)| format!(" — step {s}/{t}"))
-                .unwrap_or_default();
-            text.push_str(&format!(
-                "**Running:** job {} by <@{}> ({}, {}){progress}\n",
-                r.id,
-                r.user_id,
-                r.kind.name(),
-                r.variant
-            ));
-            if let Some(p) = &r.prompt {
-                text.push_str(&format!("> {}\n", truncate(p, 120)));
-            }
+    if view.running.is_none() {
+        text.push_str("**Running:** nothing\n");
+    }
+    // The running job, then the other jobs of its sampler batch, if any.
+    for r in view.running.iter().chain(&view.also_running) {
+        let progress = r
+            .progress
+            .map(|(s, t)| format!(" — step {s}/{t}"))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "**Running:** job {} by <@{}> ({}, {}){progress}\n",
+            r.id,
+            r.user_id,
+            r.kind.name(),
+            r.variant
+        ));
+        if let Some(p) = &r.prompt {
+            text.push_str(&format!("> {}\n", truncate(p, 120)));
         }
-        None => text.push_str("**Running:** nothing\n"),
     }
     text.push_str(&format!(
         "**Waiting:** {} of at most {} across the bot\n",
