@@ -6,6 +6,7 @@
 mod support;
 
 mod batch;
+mod batch_runner;
 mod crafted_configs;
 mod crafted_rows;
 mod engine_actor;

@@ -1,14 +1,20 @@
-//! A test double of the engine port (`floor33::core::VideoEngine`): no model, no device. Each
-//! submitted job plays a script of engine events on a thread of its own, and the double
-//! records what the core asked (requests, options) and whether it cancelled.
+//! Test doubles of the engine port (`floor33::core::VideoEngine`).
+//!
+//! [`ScriptedEngineDouble`]: no model, no device. Each submitted job plays a script of engine
+//! events on a thread of its own, and the double records what the core asked (requests,
+//! options, which jobs came as one batch) and whether it cancelled.
+//!
+//! [`RecordingEngineDouble`]: the real engine actor behind the port, with a record of every
+//! submit (alone or as one batch) and of every video it made, so a test can prove that jobs
+//! shared a sampler batch and compare each job's video with its solo run.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use floor33::core::VideoEngine;
 use floor33::engine::{
-    CancelToken, EngineError, EngineEvent, Generated, GenerationRequest, JobHandle, JobOptions,
-    Progress,
+    CancelToken, EngineError, EngineEvent, EngineHandle, Generated, GenerationRequest, JobHandle,
+    JobOptions, Progress,
 };
 use floor33::models::config::Variant;
 use floor33::video::VideoFrames;
@@ -39,6 +45,8 @@ pub struct ScriptedEngineDouble {
     variants: Vec<Variant>,
     script: Arc<Mutex<Script>>,
     pub submissions: Arc<Mutex<Vec<Submission>>>,
+    /// Each `submit_batch` call: the indexes in `submissions` of its jobs.
+    pub batches: Arc<Mutex<Vec<Vec<usize>>>>,
 }
 
 impl ScriptedEngineDouble {
@@ -47,6 +55,7 @@ impl ScriptedEngineDouble {
             variants: variants.to_vec(),
             script: Arc::new(Mutex::new(script)),
             submissions: Arc::default(),
+            batches: Arc::default(),
         }
     }
 
@@ -62,6 +71,27 @@ impl ScriptedEngineDouble {
 
     pub fn submitted(&self) -> usize {
         self.submissions.lock().unwrap().len()
+    }
+
+    /// The prompts of every submitted job, in the order the core submitted them.
+    pub fn prompts(&self) -> Vec<String> {
+        self.submissions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.request.prompt.clone())
+            .collect()
+    }
+
+    /// The prompts of each `submit_batch` call.
+    pub fn batch_prompts(&self) -> Vec<Vec<String>> {
+        let prompts = self.prompts();
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| b.iter().map(|&i| prompts[i].clone()).collect())
+            .collect()
     }
 }
 
@@ -139,5 +169,97 @@ impl VideoEngine for ScriptedEngineDouble {
             }
         });
         JobHandle { events: rx, cancel }
+    }
+
+    /// Records the batch, then plays each job's script on its own, as `submit` does.
+    fn submit_batch(&self, jobs: Vec<(GenerationRequest, JobOptions)>) -> Vec<JobHandle> {
+        let first = self.submitted();
+        self.batches
+            .lock()
+            .unwrap()
+            .push((first..first + jobs.len()).collect());
+        jobs.into_iter()
+            .map(|(request, options)| self.submit(request, options))
+            .collect()
+    }
+}
+
+/// The real engine behind the port, recording what went through it.
+#[derive(Clone)]
+pub struct RecordingEngineDouble {
+    pub engine: EngineHandle,
+    /// Each submit, in order: its requests (one for `submit`, several for `submit_batch`).
+    pub calls: Arc<Mutex<Vec<Vec<GenerationRequest>>>>,
+    /// Every video the engine made, with its request's seed.
+    pub videos: Arc<Mutex<Vec<(u64, Generated)>>>,
+}
+
+impl RecordingEngineDouble {
+    pub fn new(engine: EngineHandle) -> Self {
+        RecordingEngineDouble {
+            engine,
+            calls: Arc::default(),
+            videos: Arc::default(),
+        }
+    }
+
+    /// How many requests each submit carried, in order.
+    pub fn call_sizes(&self) -> Vec<usize> {
+        self.calls.lock().unwrap().iter().map(Vec::len).collect()
+    }
+
+    /// The video made for the request with `seed`.
+    pub fn video_of(&self, seed: u64) -> Option<Generated> {
+        self.videos
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(s, _)| *s == seed)
+            .map(|(_, g)| g.clone())
+    }
+
+    /// Passes the engine's events on, keeping a copy of the video.
+    fn relay(&self, seed: u64, handle: JobHandle) -> JobHandle {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut events = handle.events;
+        let videos = self.videos.clone();
+        std::thread::spawn(move || {
+            while let Some(event) = events.blocking_recv() {
+                if let EngineEvent::Finished(Ok(g)) = &event {
+                    videos.lock().unwrap().push((seed, g.clone()));
+                }
+                if tx.send(event).is_err() {
+                    // The core went away: dropping `events` tells the engine so.
+                    break;
+                }
+            }
+        });
+        JobHandle {
+            events: rx,
+            cancel: handle.cancel,
+        }
+    }
+}
+
+impl VideoEngine for RecordingEngineDouble {
+    fn variants(&self) -> &[Variant] {
+        self.engine.variants()
+    }
+
+    fn submit(&self, request: GenerationRequest, options: JobOptions) -> JobHandle {
+        self.calls.lock().unwrap().push(vec![request.clone()]);
+        let seed = request.seed;
+        self.relay(seed, self.engine.submit(request, options))
+    }
+
+    fn submit_batch(&self, jobs: Vec<(GenerationRequest, JobOptions)>) -> Vec<JobHandle> {
+        let requests: Vec<GenerationRequest> = jobs.iter().map(|(r, _)| r.clone()).collect();
+        self.calls.lock().unwrap().push(requests.clone());
+        self.engine
+            .submit_batch(jobs)
+            .into_iter()
+            .zip(&requests)
+            .map(|(handle, request)| self.relay(request.seed, handle))
+            .collect()
     }
 }
