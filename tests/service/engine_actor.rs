@@ -1,5 +1,6 @@
 //! The inference actor with the random-weight tiny models: progress events, cancellation,
-//! typed refusals, reproducible seeds, image-to-video jobs beside text-to-video ones.
+//! typed refusals, reproducible seeds, image-to-video jobs beside text-to-video ones, and
+//! batches of compatible jobs (`submit_batch`), each with its own events and cancel.
 
 use std::sync::Arc;
 
@@ -239,4 +240,166 @@ fn models_that_cannot_load_are_reported_and_the_rest_served() {
         "{:?}",
         failed[0].1
     );
+}
+
+/// Drains a handle: its steps in order and its result.
+fn follow(
+    job: floor33::engine::JobHandle,
+) -> (
+    Vec<usize>,
+    usize,
+    Result<floor33::engine::Generated, EngineError>,
+) {
+    let mut events = job.events;
+    let (mut steps, mut previews, mut started) = (Vec::new(), 0, false);
+    let result = loop {
+        match events.blocking_recv().expect("events until Finished") {
+            EngineEvent::Started => {
+                assert!(!started && steps.is_empty(), "one Started, first");
+                started = true;
+            }
+            EngineEvent::Progress(p) => {
+                assert!(started);
+                previews += p.preview.is_some() as usize;
+                steps.push(p.step);
+            }
+            EngineEvent::Finished(r) => break r,
+        }
+    };
+    (steps, previews, result)
+}
+
+#[test]
+fn a_batch_gives_each_job_its_own_events_and_its_solo_video() {
+    let engine = engine();
+    let mut invalid = quick(Variant::Tiny, 3);
+    invalid.cfg = 1000.0;
+    let requests = vec![
+        quick(Variant::Tiny, 1),
+        GenerationRequest {
+            prompt: "waves at dusk".into(),
+            cfg: 4.0,
+            ..quick(Variant::Tiny, 2)
+        },
+        invalid,
+    ];
+    let handles = engine.submit_batch(
+        requests
+            .iter()
+            .map(|r| (r.clone(), JobOptions::default()))
+            .collect(),
+    );
+    assert_eq!(handles.len(), 3);
+    let mut results: Vec<_> = handles.into_iter().map(follow).collect();
+    let (_, _, refused) = results.pop().unwrap();
+    assert!(
+        matches!(refused, Err(EngineError::BadRequest(_))),
+        "the invalid job gets its own error: {refused:?}"
+    );
+    for ((steps, previews, result), request) in results.into_iter().zip(&requests) {
+        assert_eq!(steps, vec![1, 2, 3]);
+        assert!(previews >= 1, "each job gets its own previews");
+        let batched = result.expect("the valid jobs finish");
+        let alone = engine
+            .submit(request.clone(), no_previews())
+            .wait_blocking(|_| {})
+            .unwrap();
+        let worst = batched
+            .video
+            .frames
+            .iter()
+            .zip(&alone.video.frames)
+            .flat_map(|(a, b)| a.as_raw().iter().zip(b.as_raw()))
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "seed {}: off by {worst} levels", request.seed);
+    }
+}
+
+#[test]
+fn cancelling_one_job_of_a_batch_ends_it_at_once_and_the_other_finishes() {
+    let engine = engine();
+    let long = |seed| GenerationRequest {
+        steps: 40,
+        ..quick(Variant::Tiny, seed)
+    };
+    let mut handles = engine.submit_batch(vec![(long(1), no_previews()), (long(2), no_previews())]);
+    let other = handles.pop().unwrap();
+    let mut stopped = handles.pop().unwrap();
+    let mut last_step = 0;
+    let result = loop {
+        match stopped.events.blocking_recv().unwrap() {
+            EngineEvent::Progress(p) => {
+                last_step = p.step;
+                if p.step == 2 {
+                    stopped.cancel.cancel();
+                }
+            }
+            EngineEvent::Finished(r) => break r,
+            EngineEvent::Started => {}
+        }
+    };
+    assert_eq!(result.unwrap_err(), EngineError::Cancelled);
+    assert!(last_step < 5, "stopped at step {last_step}");
+    assert!(!other.cancel.is_cancelled());
+    // It heard its `Finished` while the other was still sampling, not when the batch ended.
+    let mut events = other.events;
+    let mut steps = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, EngineEvent::Finished(_)),
+            "the other job ended before the stopped one heard of it"
+        );
+        if let EngineEvent::Progress(p) = event {
+            steps.push(p.step);
+        }
+    }
+    assert!(steps.len() < 10, "the other ran on meanwhile: {steps:?}");
+    let result = loop {
+        match events.blocking_recv().unwrap() {
+            EngineEvent::Progress(p) => steps.push(p.step),
+            EngineEvent::Finished(r) => break r,
+            EngineEvent::Started => {}
+        }
+    };
+    assert_eq!(steps, (1..=40).collect::<Vec<_>>());
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[test]
+fn image_to_video_jobs_share_a_batch_and_each_keeps_its_image() {
+    let engine = engine();
+    let request = |seed, shade: u8| GenerationRequest {
+        image: Some(Arc::new(image::RgbImage::from_fn(40, 30, |x, y| {
+            image::Rgb([(x * 6) as u8, (y * 8) as u8, shade])
+        }))),
+        image_fit: ImageFit::Stretch,
+        ..quick(Variant::TinyI2v, seed)
+    };
+    let requests = [request(5, 90), request(6, 200)];
+    let handles = engine.submit_batch(
+        requests
+            .iter()
+            .map(|r| (r.clone(), no_previews()))
+            .collect(),
+    );
+    for (handle, request) in handles.into_iter().zip(&requests) {
+        let batched = handle.wait_blocking(|_| {}).expect("i2v in a batch");
+        assert_eq!(batched.image_fit, Some(ImageFit::Stretch));
+        let alone = engine
+            .submit(request.clone(), no_previews())
+            .wait_blocking(|_| {})
+            .unwrap();
+        let worst = batched
+            .video
+            .frames
+            .iter()
+            .zip(&alone.video.frames)
+            .flat_map(|(a, b)| a.as_raw().iter().zip(b.as_raw()))
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "seed {}: off by {worst} levels", request.seed);
+    }
 }
