@@ -377,3 +377,43 @@ async fn shutdown_requeues_every_job_of_a_running_batch() {
     );
     again.shutdown(ShutdownMode::Finish).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_prompt_needs_expanding_runs_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let notifier = shared(RecordingNotifier::default());
+    let engine = ScriptedEngineDouble::new(
+        &[Variant::Tiny],
+        Script::RunUntilCancelled { step: 1, total: 2 },
+    );
+    let expander = Arc::new(SuffixExpander {
+        suffix: "cinematic".into(),
+        ..Default::default()
+    });
+    let service = JobService::start(
+        config(dir.path(), 4),
+        engine.clone(),
+        notifier.clone(),
+        Some(expander.clone()),
+    )
+    .await
+    .unwrap();
+    let busy = occupy(&service, &notifier).await;
+    let expanding = JobSpec {
+        expand: true,
+        ..tiny_spec("j1", 2)
+    };
+    submit(&service, expanding, 11).await;
+    submit(&service, tiny_spec("j2", 2), 12).await;
+    submit(&service, tiny_spec("j3", 2), 13).await;
+    engine.set_script(Script::Succeed { total: 2 });
+    release(&service, &notifier, busy).await;
+    wait_until(60, "three deliveries", || notifier.delivered().len() == 3).await;
+
+    assert_eq!(
+        engine.prompts(),
+        vec!["blocker", "j1, cinematic", "j2", "j3"]
+    );
+    assert_eq!(engine.batch_prompts(), vec![vec!["j2", "j3"]]);
+    service.shutdown(ShutdownMode::Finish).await;
+}
