@@ -114,12 +114,14 @@ pub struct LimitsConfig {
     /// Seconds between two progress previews; 0 for none.
     pub preview_every_s: f64,
     /// Most compatible waiting jobs (same model, size, frames, steps and eta) run together as
-    /// one sampler batch (1..=16). The default, 1, runs one job at a time as before batching:
-    /// on a CPU, or a GPU already busy with one job's guided batch of 2, a larger batch gives
-    /// no more jobs per hour, and every job of a batch waits for the slowest step of the
-    /// batch. An operator with a large GPU gains from 4 (one UNet call per step for four jobs;
-    /// `floor33 bench --batch 4` measures the gain on the host). Cluster workers claim one job
-    /// at a time and are not batched.
+    /// one sampler batch (1..=16). The default, 1, keeps the behaviour from before batching:
+    /// strict fair order and each job's run time its own. A batch holds every member of it
+    /// for the batch's (slower) steps, multiplies the UNet's activation memory by its size
+    /// (a full-size model at 4 may not fit where 1 does), and batched sampling has not yet run
+    /// on a GPU (README, GPU). An operator whose GPU has the memory gains from 4: one UNet call
+    /// per step serves four jobs (`floor33 bench --batch 4` measures the gain and the peak
+    /// memory on the host; the tiny model on 2 CPU cores went from 442 to 690 jobs/hour).
+    /// Cluster workers claim one job at a time and are not batched.
     pub max_batch: usize,
 }
 

@@ -7,7 +7,9 @@
 //! - [`validate`]: a member's options merged over the guild's defaults, and every rule a job
 //!   must meet before it is stored.
 //! - [`submit`]: into the store and the queue (and out again: cancel).
-//! - [`runner`]: one job at a time through the expander and the engine, then encoding.
+//! - [`runner`]: one job at a time through the expander and the engine, then encoding — or,
+//!   with `max_batch` above 1, the next job and the compatible waiting jobs as one engine
+//!   batch, each still on its own path.
 //! - [`delivery`]: the video (or the last notice) to the notifier, until it is confirmed.
 //! - [`views`]: what adapters may show of the queue and the counts.
 //!
