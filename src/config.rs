@@ -120,7 +120,9 @@ pub struct LimitsConfig {
     /// (a full-size model at 4 may not fit where 1 does), and batched sampling has not yet run
     /// on a GPU (README, GPU). An operator whose GPU has the memory gains from 4: one UNet call
     /// per step serves four jobs (`floor33 bench --batch 4` measures the gain and the peak
-    /// memory on the host; the tiny model on 2 CPU cores went from 442 to 690 jobs/hour).
+    /// memory on the host; a CPU gains little, its matmuls being compute-bound already: the
+    /// tiny model on a shared 2-core machine gave 402-442 jobs/hour one by one against
+    /// 401-690 batched, as noisy as the machine's load).
     /// Cluster workers claim one job at a time and are not batched.
     pub max_batch: usize,
 }
