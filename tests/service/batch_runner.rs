@@ -187,7 +187,9 @@ async fn cancelling_one_job_of_a_running_batch_stops_it_alone() {
     let service = start(dir.path(), 4, engine.clone(), &notifier).await;
     let busy = occupy(&service, &notifier).await;
 
-    let steps = 30;
+    // Enough steps left after the first for the cancel to land mid-run (about half a second
+    // each for a batch of three here).
+    let steps = 10;
     let mut ids = Vec::new();
     for i in 0..3u64 {
         let spec = spec(&format!("job {i}"), steps, 31 + i, 7.5);
