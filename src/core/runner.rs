@@ -85,8 +85,9 @@ pub(super) async fn run_loop(inner: Arc<Inner>) {
 /// Whether a waiting job may share the sampler batch of the job that starts next: the same
 /// kind and an engine request the sampler can batch (variant, size, frames, steps, eta).
 /// A job whose prompt still needs expanding takes no batch-mates and is no one's: it runs
-/// alone, as before batching, so that no batch waits on an LLM.
-fn batch_mates(first: &JobRecord, other: &JobRecord) -> bool {
+/// alone, as before batching, so that no batch waits on an LLM. The one rule for both the
+/// runner and a cluster worker's claim ([`Store::claim_batch`](super::store::Store::claim_batch)).
+pub(super) fn batch_mates(first: &JobRecord, other: &JobRecord) -> bool {
     let expands = |job: &JobRecord| job.spec.expand && job.spec.expanded_prompt.is_none();
     !expands(first)
         && !expands(other)

@@ -9,9 +9,13 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::sql::{args, Dialect, Sql};
+use super::sql::{args, Dialect, Sql, Value};
 use super::{quarantine, read_job, select_columns, Store, StoreError};
 use crate::core::jobs::{from_millis, to_millis, JobId, JobRecord};
+
+/// How many waiting jobs behind the first [`Store::claim_batch`] looks through for its
+/// batch-mates: a bounded read (and lock) however long the queue.
+pub const BATCH_WINDOW: usize = 64;
 
 /// Who holds a running job, and until when.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,33 +34,102 @@ impl Store {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Option<JobRecord>, StoreError> {
-        let expires = to_millis(now + ttl);
-        self.transaction(|db| loop {
+        Ok(self
+            .claim_batch(worker, now, ttl, 1, |_, _| false)?
+            .into_iter()
+            .next())
+    }
+
+    /// Takes, in one transaction, the next waiting job for `worker` (as [`Store::claim_next`]
+    /// does) and up to `max - 1` further waiting jobs that `mates(first, other)` accepts, in
+    /// fair `(round, id)` order among the [`BATCH_WINDOW`] waiting jobs that follow it; each
+    /// becomes `running` under its own lease until `now + ttl`, renewed and ended on its own.
+    /// Empty when nothing waits. Jobs it passes over keep their place; an unreadable row among
+    /// them is left waiting, quarantined when it comes up first. With `max` 1 this is
+    /// `claim_next`.
+    pub fn claim_batch(
+        &mut self,
+        worker: &str,
+        now: SystemTime,
+        ttl: Duration,
+        max: usize,
+        mates: impl Fn(&JobRecord, &JobRecord) -> bool,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let (started, expires) = (to_millis(now), to_millis(now + ttl));
+        self.transaction(|db| {
             let lock = match db.dialect() {
                 Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
                 Dialect::Sqlite => "",
             };
-            let claimed = db.query_opt(
+            let first = loop {
+                let claimed = db.query_opt(
+                    &format!(
+                        "UPDATE jobs SET state = 'running', started_at = ?2, lease_owner = ?1,
+                                lease_expires_at = ?3
+                         WHERE id = (SELECT id FROM jobs WHERE state = 'queued'
+                                     ORDER BY round, id LIMIT 1 {lock})
+                         RETURNING {}",
+                        select_columns()
+                    ),
+                    args![worker, started, expires],
+                )?;
+                let Some(row) = claimed else {
+                    return Ok(Vec::new());
+                };
+                match read_job(&row) {
+                    Ok(job) => break job,
+                    Err(e) => {
+                        let q = quarantine(db, &row, &e, started)?;
+                        tracing::warn!(job = %q.id, reason = %q.reason, "quarantined an unreadable job");
+                    }
+                }
+            };
+            if max <= 1 {
+                return Ok(vec![first]);
+            }
+            // The waiting jobs right behind the first, locked (on PostgreSQL) so that no other
+            // claimer takes one of them meanwhile; those another claimer holds are skipped.
+            let window = db.query(
+                &format!(
+                    "SELECT {} FROM jobs WHERE state = 'queued'
+                     ORDER BY round, id LIMIT ?1 {lock}",
+                    select_columns()
+                ),
+                args![BATCH_WINDOW as i64],
+            )?;
+            let followers: Vec<i64> = window
+                .iter()
+                .filter_map(|row| read_job(row).ok())
+                .filter(|other| mates(&first, other))
+                .take(max - 1)
+                .map(|other| other.id.0)
+                .collect();
+            let mut batch = vec![first];
+            if followers.is_empty() {
+                return Ok(batch);
+            }
+            let ids = (0..followers.len())
+                .map(|i| format!("?{}", i + 4))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut values = args![worker, started, expires].to_vec();
+            values.extend(followers.iter().map(|&id| Value::Int(id)));
+            let rows = db.query(
                 &format!(
                     "UPDATE jobs SET state = 'running', started_at = ?2, lease_owner = ?1,
                             lease_expires_at = ?3
-                     WHERE id = (SELECT id FROM jobs WHERE state = 'queued'
-                                 ORDER BY round, id LIMIT 1 {lock})
+                     WHERE state = 'queued' AND id IN ({ids})
                      RETURNING {}",
                     select_columns()
                 ),
-                args![worker, to_millis(now), expires],
+                &values,
             )?;
-            let Some(row) = claimed else {
-                return Ok(None);
-            };
-            match read_job(&row) {
-                Ok(job) => return Ok(Some(job)),
-                Err(e) => {
-                    let q = quarantine(db, &row, &e, to_millis(now))?;
-                    tracing::warn!(job = %q.id, reason = %q.reason, "quarantined an unreadable job");
-                }
+            for row in &rows {
+                // Read a moment ago in this transaction, so it reads again.
+                batch.push(read_job(row)?);
             }
+            batch.sort_by_key(|job| (job.round, job.id));
+            Ok(batch)
         })
     }
 

@@ -241,3 +241,149 @@ fn only_leased_finished_jobs_are_taken_over_and_a_missing_video_fails_done() {
         );
     }
 }
+
+/// A claim of up to four takes the next job and the waiting jobs behind it that can share its
+/// sampler batch (the runner's rule), in fair order, each under the claimer's own lease; the
+/// ones it passes over keep waiting in their order, and a claim of one takes one.
+#[test]
+fn a_batch_claim_takes_the_first_job_and_its_compatible_followers_in_fair_order() {
+    let mates = crate::core::runner::batch_mates;
+    for db in test_dbs() {
+        let mut s = db.open();
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(30);
+        let other_steps = |prompt: &str| {
+            let mut other = spec(prompt);
+            other.steps = 3;
+            other
+        };
+        let expanding = |prompt: &str| {
+            let mut other = spec(prompt);
+            other.expand = true;
+            other
+        };
+        // Fair order is (round, id): inserted out of round order on purpose.
+        let late = s.insert_job(&spec("late"), &origin(1), 3, now).unwrap();
+        let first = s.insert_job(&spec("first"), &origin(1), 1, now).unwrap();
+        let odd = s
+            .insert_job(&other_steps("odd"), &origin(2), 1, now)
+            .unwrap();
+        let mate1 = s.insert_job(&spec("mate1"), &origin(3), 1, now).unwrap();
+        let asks = s
+            .insert_job(&expanding("asks"), &origin(4), 1, now)
+            .unwrap();
+        let mate2 = s.insert_job(&spec("mate2"), &origin(2), 2, now).unwrap();
+        let odd2 = s
+            .insert_job(&other_steps("odd2"), &origin(3), 2, now)
+            .unwrap();
+        let mate3 = s.insert_job(&spec("mate3"), &origin(4), 2, now).unwrap();
+
+        let batch = s.claim_batch("w1", now, ttl, 4, mates).unwrap();
+        let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![first, mate1, mate2, mate3], "{}", db.name());
+        for job in &batch {
+            assert_eq!(job.state, JobState::Running, "{}", db.name());
+            assert_eq!(job.started_at, Some(from_millis(to_millis(now))));
+            assert_eq!(
+                s.lease(job.id).unwrap(),
+                Some(claims::Lease {
+                    worker: "w1".into(),
+                    expires_at: from_millis(to_millis(now + ttl)),
+                }),
+                "{}",
+                db.name()
+            );
+        }
+        // Each lease is its own: renewed or lost one job at a time.
+        let later = now + Duration::from_secs(20);
+        assert!(s.renew_lease(first, "w1", later, ttl).unwrap());
+        let expired = now + Duration::from_secs(31);
+        assert_eq!(
+            s.release_expired_leases(expired).unwrap(),
+            vec![mate1, mate2, mate3],
+            "{}",
+            db.name()
+        );
+        // The jobs passed over kept their place, the released ones got theirs back: odd is
+        // next and takes its own mate; then mate1 with its mates (late too, now that the cap
+        // leaves room); the job that asks for expansion runs alone.
+        let ids = |b: Vec<JobRecord>| b.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        let expected = [vec![odd, odd2], vec![mate1, mate2, mate3, late], vec![asks]];
+        for want in expected {
+            let got = ids(s.claim_batch("w2", expired, ttl, 4, mates).unwrap());
+            assert_eq!(got, want, "{}", db.name());
+        }
+        // A claim of one takes one, compatible followers or not.
+        let extra1 = s.insert_job(&spec("extra1"), &origin(5), 4, now).unwrap();
+        let extra2 = s.insert_job(&spec("extra2"), &origin(6), 4, now).unwrap();
+        let got = ids(s.claim_batch("w2", expired, ttl, 1, mates).unwrap());
+        assert_eq!(got, vec![extra1], "{}", db.name());
+        let got = ids(s.claim_batch("w2", expired, ttl, 4, mates).unwrap());
+        assert_eq!(got, vec![extra2], "{}", db.name());
+        assert!(s
+            .claim_batch("w2", expired, ttl, 4, mates)
+            .unwrap()
+            .is_empty());
+    }
+}
+
+/// Two claimers taking batches of up to four in a loop over 40 waiting jobs (some of them
+/// incompatible with the others) never take the same job, and every job is taken.
+#[test]
+fn two_concurrent_batch_claimers_take_every_job_exactly_once() {
+    for db in test_dbs() {
+        let mut store = db.open();
+        let now = SystemTime::now();
+        let all: Vec<JobId> = (0..40u64)
+            .map(|i| {
+                let mut job = spec("p");
+                job.steps = 2 + (i % 3) as usize;
+                store.insert_job(&job, &origin(i % 7), i / 7, now).unwrap()
+            })
+            .collect();
+        drop(store);
+        let location = db.location();
+        let claimed: Vec<(Vec<JobId>, usize)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ["w1", "w2"]
+                .into_iter()
+                .map(|worker| {
+                    let location = location.clone();
+                    s.spawn(move || {
+                        let mut store = Store::open(location).unwrap();
+                        let (mut mine, mut largest) = (Vec::new(), 0);
+                        loop {
+                            let batch = store
+                                .claim_batch(
+                                    worker,
+                                    SystemTime::now(),
+                                    Duration::from_secs(60),
+                                    4,
+                                    crate::core::runner::batch_mates,
+                                )
+                                .unwrap();
+                            if batch.is_empty() {
+                                break;
+                            }
+                            assert!(batch.len() <= 4);
+                            largest = largest.max(batch.len());
+                            for job in batch {
+                                assert_eq!(store.lease(job.id).unwrap().unwrap().worker, worker);
+                                mine.push(job.id);
+                            }
+                        }
+                        (mine, largest)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut every: Vec<JobId> = claimed.iter().flat_map(|(m, _)| m.clone()).collect();
+        every.sort();
+        assert_eq!(every, all, "{}: each job claimed exactly once", db.name());
+        assert!(
+            claimed.iter().any(|&(_, largest)| largest > 1),
+            "{}: batches were claimed",
+            db.name()
+        );
+    }
+}
