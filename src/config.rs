@@ -123,7 +123,8 @@ pub struct LimitsConfig {
     /// memory on the host; a CPU gains little, its matmuls being compute-bound already: the
     /// tiny model on a shared 2-core machine gave 402-442 jobs/hour one by one against
     /// 401-690 batched, as noisy as the machine's load).
-    /// Cluster workers claim one job at a time and are not batched.
+    /// A cluster worker claims the next job with up to `max_batch - 1` compatible waiting jobs
+    /// (each under its own lease) and runs them as one batch.
     pub max_batch: usize,
 }
 

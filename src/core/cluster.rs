@@ -5,8 +5,10 @@
 //!   names the variants); it keeps the fair queue's view for positions and per-member limits,
 //!   sends `NOTIFY new` after each job and `NOTIFY cancel <id> <by>` for a running one, and
 //!   drops from its view, about once a second, the jobs workers took.
-//! - A worker claims the next job in fair `(round, id)` order under a lease
-//!   ([`Store::claim_next`](super::store::Store::claim_next)), renews the lease while it runs
+//! - A worker claims the next job in fair `(round, id)` order under a lease — with
+//!   `limits.max_batch` above 1, with the waiting jobs behind it that can share its sampler
+//!   batch, each under its own lease
+//!   ([`Store::claim_batch`](super::store::Store::claim_batch)) — renews the lease while it runs
 //!   the job on its engine, and ends and delivers it itself; every write it makes about a job
 //!   holds only while it still holds the lease, so a job that went to another worker (ours
 //!   stalled or died) is ended and delivered by that one alone. Idle workers wait on LISTEN
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 
 use super::jobs::{JobId, JobRecord, JobState};
 use super::ports::{JobUpdate, Notifier, PromptExpander, VideoEngine};
+use super::runner::batch_mates;
 use super::scheduler::Scheduler;
 use super::service::{
     create_results_dir, Inner, JobService, Parts, ServiceConfig, ServiceError, StopReason,
@@ -174,7 +177,7 @@ impl JobService {
         options: WorkerOptions,
     ) -> Result<JobService, ServiceError> {
         create_results_dir(&config).await?;
-        // Its own queue holds the one job it claimed: the depth is the database's.
+        // Its own queue holds only the jobs it claimed: the depth is the database's.
         config.metrics.follow_shared_queue();
         let id = options.id.clone();
         store
@@ -418,20 +421,34 @@ async fn work(
     }
 }
 
-/// Claims the next job and hands it to the runner; `true` when one was claimed.
+/// Claims the next job (with `max_batch` above 1, and its waiting batch-mates, each under its
+/// own lease) and hands them to the runner; `true` when any was claimed.
 ///
-/// A worker claims one job at a time, and only when its runner is idle with nothing waiting,
-/// so `limits.max_batch` does not batch a worker's jobs: its runner only ever finds one job
-/// to start. Claiming several compatible jobs under one lease each is left for later.
+/// A worker claims only when its runner is idle with nothing waiting, and queues the whole
+/// claim before waking the runner, so the runner finds them all waiting and starts them as
+/// one sampler batch.
 async fn claim(inner: &Arc<Inner>, worker: &str, ttl: Duration) -> bool {
-    let (w, now) = (worker.to_string(), SystemTime::now());
-    match inner.store.call(move |s| s.claim_next(&w, now, ttl)).await {
-        Ok(Some(job)) => {
-            tracing::info!(job = %job.id, worker, "job claimed");
-            queue_locally(inner, job);
+    let (w, now, max) = (
+        worker.to_string(),
+        SystemTime::now(),
+        inner.config.max_batch,
+    );
+    match inner
+        .store
+        .call(move |s| s.claim_batch(&w, now, ttl, max, batch_mates))
+        .await
+    {
+        Ok(jobs) if jobs.is_empty() => false,
+        Ok(jobs) => {
+            let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+            if let [id] = ids[..] {
+                tracing::info!(job = %id, worker, "job claimed");
+            } else {
+                tracing::info!(jobs = ?ids, worker, "jobs claimed as one batch");
+            }
+            queue_locally(inner, jobs);
             true
         }
-        Ok(None) => false,
         Err(e) => {
             tracing::warn!(error = %e, "could not claim a job");
             false
@@ -439,13 +456,17 @@ async fn claim(inner: &Arc<Inner>, worker: &str, ttl: Duration) -> bool {
     }
 }
 
-fn queue_locally(inner: &Arc<Inner>, job: JobRecord) {
+/// Queues the claimed jobs in this worker's own scheduler, all of them before the runner is
+/// woken.
+fn queue_locally(inner: &Arc<Inner>, jobs: Vec<JobRecord>) {
     {
         let mut state = inner.state.lock().unwrap();
-        state
-            .scheduler
-            .restore(job.id, job.origin.user_id, job.round);
-        state.active.insert(job.id, job);
+        for job in jobs {
+            state
+                .scheduler
+                .restore(job.id, job.origin.user_id, job.round);
+            state.active.insert(job.id, job);
+        }
     }
     inner.wake.notify_one();
 }

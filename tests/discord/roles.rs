@@ -10,6 +10,10 @@
 //! - SIGKILL of the worker running a long job: its lease runs out and another worker runs the
 //!   job again; one video.
 //!
+//! And, separately, one worker with `limits.max_batch = 4`: 8 compatible jobs waiting run as
+//! two batches of four, round 1 first, each delivered once; two long jobs run as a batch of
+//! two, where `/cancel` stops one and the other is delivered.
+//!
 //! Skipped (with a line on stderr) when no PostgreSQL server answers.
 
 use std::collections::HashSet;
@@ -81,6 +85,17 @@ fn rows(pg: &TestPg) -> Vec<Row> {
 /// previews; a long job is many steps) and short lease timings, so the burst costs little CI
 /// time. The lease stays well above the poll: a loaded CI machine delays renewals.
 fn write_config(dir: &Path, name: &str, pg: &TestPg, listen: Option<SocketAddr>) -> PathBuf {
+    write_config_batched(dir, name, pg, listen, 1)
+}
+
+/// [`write_config`] with `limits.max_batch` set.
+fn write_config_batched(
+    dir: &Path,
+    name: &str,
+    pg: &TestPg,
+    listen: Option<SocketAddr>,
+    max_batch: usize,
+) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let ops = listen.map_or(String::new(), |a| format!("[ops]\nlisten = \"{a}\"\n"));
     std::fs::write(
@@ -98,6 +113,7 @@ video_shape_for_tests = {{ height = 16, width = 16, frames = 2 }}
 [limits]
 preview_every_s = 0
 max_steps = 1000
+max_batch = {max_batch}
 
 [cluster]
 lease_ttl_s = 4.0
@@ -435,6 +451,140 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_c
         tiny(&gateway, "floor33_jobs_total", "queued"),
         total as f64 + 3.0
     );
+
+    for c in &procs.0 {
+        kill(c, "-TERM");
+    }
+    for c in &mut procs.0 {
+        let status = c.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    procs.0.clear();
+}
+
+/// A worker with `max_batch = 4` claims the next job with its compatible waiting jobs, each
+/// under its own lease, and its runner starts them as one sampler batch: 8 jobs (the test
+/// shape, one step) from 4 members run as two batches of four, the 4 first jobs (round 1)
+/// before any second one; then two long jobs stored after them (incompatible: more steps) run
+/// as a batch of two, where a `/cancel` from Discord stops one and the other still finishes.
+/// Every job delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_max_batch_claims_and_runs_compatible_jobs_as_one_batch() {
+    const JOBS: usize = 8;
+    let Some(pg) = TestPg::create("roles_batch") else {
+        return;
+    };
+    let fake = FakeDiscord::start().await;
+    let dir = Scratch::new("roles-batch");
+    let log = |n: &str| dir.0.join(format!("{n}.log"));
+    let gateway_cfg = write_config(&dir.0, "gateway", &pg, None);
+    let mut procs = Procs(vec![spawn_role(
+        &fake,
+        &gateway_cfg,
+        "gateway",
+        &log("gateway"),
+    )]);
+    fake.wait_ready(Duration::from_secs(90)).await;
+    let send = |member: u64, prompt: String, steps: u64| {
+        let mut spec = CommandSpec::new(
+            "t2v",
+            vec![
+                option("prompt", json!(prompt)),
+                option("steps", json!(steps)),
+            ],
+        );
+        spec.invoker = Invoker::numbered(member);
+        fake.send_command(&spec).0
+    };
+    // All stored before the worker starts: its claims see the whole queue.
+    let short: Vec<String> = (0..JOBS as u64)
+        .map(|k| send(k % 4, format!("batched scene {k}"), 1))
+        .collect();
+    wait_rows(&pg, "the short jobs stored", Duration::from_secs(60), |r| {
+        r.len() == JOBS
+    })
+    .await;
+    let long: Vec<String> = (0..2)
+        .map(|k| send(k, format!("long batched scene {k}"), LONG))
+        .collect();
+    wait_rows(&pg, "the long jobs stored", Duration::from_secs(60), |r| {
+        r.len() == JOBS + 2
+    })
+    .await;
+    let cfg = write_config_batched(&dir.0, "worker", &pg, None, 4);
+    procs
+        .0
+        .push(spawn_role(&fake, &cfg, "worker", &log("worker")));
+
+    let wait = Duration::from_secs(120);
+    let cancelled = long[0].clone();
+    wait_rows(&pg, "the long jobs running", wait, |r| {
+        r.iter()
+            .filter(|j| long.contains(&j.token) && j.state == "running")
+            .count()
+            == 2
+    })
+    .await;
+    let id = rows(&pg)
+        .into_iter()
+        .find(|j| j.token == cancelled)
+        .unwrap()
+        .id;
+    let mut spec = CommandSpec::new("cancel", vec![option("job", json!(id))]);
+    spec.invoker = Invoker::admin();
+    let (cancel_token, _) = fake.send_command(&spec);
+    fake.wait_for(Duration::from_secs(30), "the cancel answer", |r| {
+        r.path.contains(&cancel_token) && r.text().contains("stops at its next step")
+    })
+    .await;
+    wait_rows(&pg, "every job ended and delivered", wait, |r| {
+        r.iter().all(|j| {
+            let want = if j.token == cancelled {
+                "cancelled"
+            } else {
+                "done"
+            };
+            j.state == want && j.delivered
+        })
+    })
+    .await;
+    for token in short.iter().chain(&long[1..]) {
+        assert_eq!(videos(&fake, Some(token)).len(), 1, "{token}: one video");
+    }
+    assert!(
+        videos(&fake, Some(&cancelled)).is_empty(),
+        "a cancelled job sends no video"
+    );
+
+    let text = std::fs::read_to_string(log("worker")).unwrap();
+    let batches: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("jobs started as one batch"))
+        .collect();
+    let of = |n: &str| batches.iter().filter(|l| l.ends_with(n)).count();
+    assert_eq!(
+        (batches.len(), of("jobs=4"), of("jobs=2")),
+        (3, 2, 1),
+        "two batches of four, one of two: {text}"
+    );
+    assert!(
+        !text.contains("job claimed"),
+        "no job claimed alone: {text}"
+    );
+    // Fair order across the batches: the first one is round 1 (each member's first job).
+    let done = rows(&pg);
+    let started = |first: bool| {
+        done.iter()
+            .filter(move |j| (j.round == 1) == first)
+            .map(|j| j.started_at.unwrap())
+    };
+    assert_eq!(started(true).count(), 4, "{done:#?}");
+    assert!(
+        started(true).max() < started(false).min(),
+        "round 1 ran first: {done:#?}"
+    );
+    let owners: HashSet<String> = done.iter().filter_map(|j| j.lease_owner.clone()).collect();
+    assert_eq!(owners.len(), 1, "{owners:?}");
 
     for c in &procs.0 {
         kill(c, "-TERM");
