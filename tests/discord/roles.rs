@@ -194,6 +194,18 @@ impl Drop for Procs {
 }
 
 impl Procs {
+    /// SIGTERMs every process and asserts each one stopped cleanly.
+    fn stop_all(&mut self) {
+        for c in &self.0 {
+            kill(c, "-TERM");
+        }
+        for c in &mut self.0 {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "{status:?}");
+        }
+        self.0.clear();
+    }
+
     /// SIGKILLs the worker that holds `token`'s job and returns its lease owner id.
     fn kill_holder(&mut self, pg: &TestPg, token: &str) -> String {
         let holder = rows(pg)
@@ -452,14 +464,7 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_c
         total as f64 + 3.0
     );
 
-    for c in &procs.0 {
-        kill(c, "-TERM");
-    }
-    for c in &mut procs.0 {
-        let status = c.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-    procs.0.clear();
+    procs.stop_all();
 }
 
 /// A worker with `max_batch = 4` claims the next job with its compatible waiting jobs, each
@@ -586,14 +591,7 @@ async fn a_worker_with_max_batch_claims_and_runs_compatible_jobs_as_one_batch() 
     let owners: HashSet<String> = done.iter().filter_map(|j| j.lease_owner.clone()).collect();
     assert_eq!(owners.len(), 1, "{owners:?}");
 
-    for c in &procs.0 {
-        kill(c, "-TERM");
-    }
-    for c in &mut procs.0 {
-        let status = c.wait().unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-    procs.0.clear();
+    procs.stop_all();
 }
 
 /// A role its configuration cannot serve stops before Discord is contacted, with a line that
