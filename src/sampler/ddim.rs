@@ -19,6 +19,18 @@ pub struct Conditioning<'a> {
     pub fps: f64,
 }
 
+impl Conditioning<'_> {
+    /// Whether classifier-free guidance runs: an unconditional pass is due.
+    fn guided(&self) -> bool {
+        self.guidance_scale != 1.0 && self.uncond_context.is_some()
+    }
+
+    /// The guided noise prediction `e_u + scale * (e_c - e_u)`.
+    fn guide(&self, e_c: &Tensor, e_u: &Tensor) -> Result<Tensor> {
+        e_u + ((e_c - e_u)? * self.guidance_scale)?
+    }
+}
+
 /// What the sampler reports after each step.
 pub struct StepReport<'a> {
     /// 0-based index in sampling order.
@@ -53,7 +65,7 @@ pub fn sample(
     observe: &mut dyn FnMut(StepReport) -> Flow,
 ) -> Result<Option<Tensor>> {
     let b = x_t.dim(0)?;
-    let guided = cond.guidance_scale != 1.0 && cond.uncond_context.is_some();
+    let guided = cond.guided();
     let batched_context = match (guided, cond.uncond_context) {
         (true, Some(uc)) => Tensor::cat(&[cond.context, uc], 0)?,
         _ => cond.context.clone(),
@@ -75,7 +87,7 @@ pub fn sample(
         let eps = if guided {
             let e_c = out.narrow(0, 0, b)?;
             let e_u = out.narrow(0, b, b)?;
-            (&e_u + ((e_c - &e_u)? * cond.guidance_scale)?)?
+            cond.guide(&e_c, &e_u)?
         } else {
             out
         };
@@ -134,12 +146,6 @@ pub struct BatchJob<'a> {
     pub noise: &'a mut dyn NoiseSource,
 }
 
-impl BatchJob<'_> {
-    fn guided(&self) -> bool {
-        self.cond.guidance_scale != 1.0 && self.cond.uncond_context.is_some()
-    }
-}
-
 /// [`sample`] for several jobs at once: every step is one UNet batch of the running jobs'
 /// conditional rows followed by their unconditional rows, then each job's own guidance and
 /// DDIM update. `observe(job, report)` sees each job's steps; a job it stops leaves the batch
@@ -164,7 +170,7 @@ pub fn sample_batch(
         let x = Tensor::cat(&x, 0)?;
         let mut contexts: Vec<&Tensor> = running.iter().map(|&i| jobs[i].cond.context).collect();
         let mut fps: Vec<f64> = running.iter().map(|&i| jobs[i].cond.fps).collect();
-        let guided = running.iter().any(|&i| jobs[i].guided());
+        let guided = running.iter().any(|&i| jobs[i].cond.guided());
         let model_in = if guided {
             // An unguided job's unconditional row is computed and ignored: one batch shape.
             for &i in &running {
@@ -182,9 +188,9 @@ pub fn sample_batch(
             .to_dtype(DType::F32)?;
         for (row, &i) in running.iter().enumerate() {
             let e_c = out.narrow(0, row, 1)?;
-            let eps = if jobs[i].guided() {
+            let eps = if jobs[i].cond.guided() {
                 let e_u = out.narrow(0, running.len() + row, 1)?;
-                (&e_u + ((e_c - &e_u)? * jobs[i].cond.guidance_scale)?)?
+                jobs[i].cond.guide(&e_c, &e_u)?
             } else {
                 e_c
             };
