@@ -54,6 +54,15 @@ fn spec(prompt: &str, steps: usize, seed: u64, cfg: f64) -> JobSpec {
     }
 }
 
+/// The scripted engine double holding every job at step 1 of 2 until it is cancelled (or its
+/// script is changed).
+fn held_engine() -> ScriptedEngineDouble {
+    ScriptedEngineDouble::new(
+        &[Variant::Tiny],
+        Script::RunUntilCancelled { step: 1, total: 2 },
+    )
+}
+
 /// Submits `spec` for `user` in guild 1.
 async fn submit(service: &JobService, spec: JobSpec, user: u64) -> JobId {
     service.submit(spec, origin(1, user)).await.unwrap().id
@@ -241,10 +250,7 @@ async fn cancelling_one_job_of_a_running_batch_stops_it_alone() {
 async fn incompatible_jobs_are_not_batched_and_run_in_fair_order() {
     let dir = tempfile::tempdir().unwrap();
     let notifier = shared(RecordingNotifier::default());
-    let engine = ScriptedEngineDouble::new(
-        &[Variant::Tiny],
-        Script::RunUntilCancelled { step: 1, total: 2 },
-    );
+    let engine = held_engine();
     let service = start(dir.path(), 4, engine.clone(), &notifier).await;
     let busy = occupy(&service, &notifier).await;
 
@@ -316,10 +322,7 @@ async fn incompatible_jobs_are_not_batched_and_run_in_fair_order() {
 async fn max_batch_one_runs_compatible_jobs_one_at_a_time_in_fair_order() {
     let dir = tempfile::tempdir().unwrap();
     let notifier = shared(RecordingNotifier::default());
-    let engine = ScriptedEngineDouble::new(
-        &[Variant::Tiny],
-        Script::RunUntilCancelled { step: 1, total: 2 },
-    );
+    let engine = held_engine();
     let service = start(dir.path(), 1, engine.clone(), &notifier).await;
     let busy = occupy(&service, &notifier).await;
 
@@ -344,10 +347,7 @@ async fn max_batch_one_runs_compatible_jobs_one_at_a_time_in_fair_order() {
 async fn shutdown_requeues_every_job_of_a_running_batch() {
     let dir = tempfile::tempdir().unwrap();
     let notifier = shared(RecordingNotifier::default());
-    let engine = ScriptedEngineDouble::new(
-        &[Variant::Tiny],
-        Script::RunUntilCancelled { step: 1, total: 2 },
-    );
+    let engine = held_engine();
     let service = start(dir.path(), 4, engine.clone(), &notifier).await;
     let busy = occupy(&service, &notifier).await;
     let mut ids = Vec::new();
@@ -384,10 +384,7 @@ async fn shutdown_requeues_every_job_of_a_running_batch() {
 async fn a_job_whose_prompt_needs_expanding_runs_alone() {
     let dir = tempfile::tempdir().unwrap();
     let notifier = shared(RecordingNotifier::default());
-    let engine = ScriptedEngineDouble::new(
-        &[Variant::Tiny],
-        Script::RunUntilCancelled { step: 1, total: 2 },
-    );
+    let engine = held_engine();
     let expander = Arc::new(SuffixExpander {
         suffix: "cinematic".into(),
         ..Default::default()

@@ -8,7 +8,8 @@ use candle_core::{DType, Device};
 use floor33::engine::image_input::ImageFit;
 use floor33::engine::loader::load_pipeline;
 use floor33::engine::{
-    EngineError, EngineEvent, EngineHandle, GenerationRequest, JobOptions, Limits,
+    EngineError, EngineEvent, EngineHandle, Generated, GenerationRequest, JobHandle, JobOptions,
+    Limits,
 };
 use floor33::models::config::Variant;
 
@@ -90,19 +91,7 @@ fn cancelling_a_running_job_stops_it_between_steps() {
         ..quick(Variant::Tiny, 3)
     };
     let mut job = engine.submit(request, no_previews());
-    let mut last_step = 0;
-    let result = loop {
-        match job.events.blocking_recv().unwrap() {
-            EngineEvent::Progress(p) => {
-                last_step = p.step;
-                if p.step == 2 {
-                    job.cancel.cancel();
-                }
-            }
-            EngineEvent::Finished(r) => break r,
-            EngineEvent::Started => {}
-        }
-    };
+    let (result, last_step) = cancel_at_step_2(&mut job);
     assert_eq!(result.unwrap_err(), EngineError::Cancelled);
     assert!(last_step < 5, "stopped at step {last_step}");
 }
@@ -327,19 +316,7 @@ fn cancelling_one_job_of_a_batch_ends_it_at_once_and_the_other_finishes() {
     let mut handles = engine.submit_batch(vec![(long(1), no_previews()), (long(2), no_previews())]);
     let other = handles.pop().unwrap();
     let mut stopped = handles.pop().unwrap();
-    let mut last_step = 0;
-    let result = loop {
-        match stopped.events.blocking_recv().unwrap() {
-            EngineEvent::Progress(p) => {
-                last_step = p.step;
-                if p.step == 2 {
-                    stopped.cancel.cancel();
-                }
-            }
-            EngineEvent::Finished(r) => break r,
-            EngineEvent::Started => {}
-        }
-    };
+    let (result, last_step) = cancel_at_step_2(&mut stopped);
     assert_eq!(result.unwrap_err(), EngineError::Cancelled);
     assert!(last_step < 5, "stopped at step {last_step}");
     assert!(!other.cancel.is_cancelled());
@@ -401,5 +378,23 @@ fn image_to_video_jobs_share_a_batch_and_each_keeps_its_image() {
             .max()
             .unwrap();
         assert!(worst <= 1, "seed {}: off by {worst} levels", request.seed);
+    }
+}
+
+/// Follows `job`, cancels it once it reports step 2, and returns its result and the last step
+/// it reported.
+fn cancel_at_step_2(job: &mut JobHandle) -> (Result<Generated, EngineError>, usize) {
+    let mut last_step = 0;
+    loop {
+        match job.events.blocking_recv().unwrap() {
+            EngineEvent::Progress(p) => {
+                last_step = p.step;
+                if p.step == 2 {
+                    job.cancel.cancel();
+                }
+            }
+            EngineEvent::Finished(r) => return (r, last_step),
+            EngineEvent::Started => {}
+        }
     }
 }
