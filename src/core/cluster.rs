@@ -257,11 +257,27 @@ impl JobService {
             .map(|j| j.state);
         match now_state {
             Some(JobState::Running) => {
-                let payload = format!("cancel {} {}", id.0, by.user_id);
-                store
-                    .call(move |s| s.notify(&payload))
+                // Recorded first: the worker reads it at its next heartbeat even if the NOTIFY
+                // below is lost or comes before the job reaches its runner.
+                let user = by.user_id;
+                if !store
+                    .call(move |s| s.request_cancel(id, user))
                     .await
-                    .map_err(storage)?;
+                    .map_err(storage)?
+                {
+                    let state = store.call(move |s| s.job(id)).await.map_err(storage)?;
+                    return Err(match state {
+                        Some(job) => CancelError::AlreadyFinished {
+                            id,
+                            state: job.state,
+                        },
+                        None => CancelError::NotFound(id),
+                    });
+                }
+                let payload = format!("cancel {} {}", id.0, user);
+                if let Err(e) = store.call(move |s| s.notify(&payload)).await {
+                    tracing::warn!(job = %id, error = %e, "could not announce a cancel; the worker reads it at its next heartbeat");
+                }
                 Ok(CancelOutcome::Stopping)
             }
             Some(state) => Err(CancelError::AlreadyFinished { id, state }),
@@ -471,17 +487,27 @@ fn queue_locally(inner: &Arc<Inner>, jobs: Vec<JobRecord>) {
     inner.wake.notify_one();
 }
 
-/// The heartbeat: renews the lease on the running job; a lease already lost stops the job
-/// here (its writes would be refused anyway) so that the GPU moves on.
+/// The heartbeat: renews the lease on the running job and reads a member's cancel recorded
+/// for it (the NOTIFY that carries it may have been missed); a lease already lost stops the
+/// job here (its writes would be refused anyway) so that the GPU moves on.
 async fn renew(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
     let (w, now) = (worker.to_string(), SystemTime::now());
     match inner
         .store
-        .call(move |s| s.renew_lease(id, &w, now, ttl))
+        .call(move |s| {
+            let held = s.renew_lease(id, &w, now, ttl)?;
+            let cancel = if held { s.cancel_request(id)? } else { None };
+            Ok((held, cancel))
+        })
         .await
     {
-        Ok(true) => {}
-        Ok(false) => {
+        Ok((true, None)) => {}
+        Ok((true, Some(by))) => {
+            if stop_running(inner, id, StopReason::User(by)) {
+                tracing::info!(job = %id, "cancel read at the heartbeat; stopping at the next step");
+            }
+        }
+        Ok((false, _)) => {
             tracing::warn!(job = %id, "lease lost; stopping the job here");
             stop_running(inner, id, StopReason::Shutdown);
         }
@@ -550,13 +576,17 @@ fn on_event(inner: &Arc<Inner>, payload: &str) {
     }
 }
 
-/// Stops the running job if it is `id`; `true` when it was.
+/// Stops the running job if it is `id`; `true` when it was, and had not been asked to stop
+/// before (a cancel heard both as NOTIFY and at the heartbeat is logged once).
 fn stop_running(inner: &Arc<Inner>, id: JobId, reason: StopReason) -> bool {
     let mut state = inner.state.lock().unwrap();
     let Some(run) = state.running.iter_mut().find(|r| r.id == id) else {
         return false;
     };
-    run.stop.get_or_insert(reason);
+    if run.stop.is_some() {
+        return false;
+    }
+    run.stop = Some(reason);
     if let Some(token) = &run.engine_cancel {
         token.cancel();
     }

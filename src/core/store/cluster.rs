@@ -61,6 +61,31 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Records that member `by` asked to stop the running job `id`; the worker that runs it
+    /// reads it with [`Store::cancel_request`]. `false` when the job no longer runs.
+    pub fn request_cancel(&mut self, id: JobId, by: u64) -> Result<bool, StoreError> {
+        let n = self.with(|db| {
+            db.execute(
+                "UPDATE jobs SET cancel_requested_by = ?2 WHERE id = ?1 AND state = 'running'",
+                args![id.0, by as i64],
+            )
+        })?;
+        Ok(n == 1)
+    }
+
+    /// The member who asked to stop job `id`, if one did while it ran.
+    pub fn cancel_request(&mut self, id: JobId) -> Result<Option<u64>, StoreError> {
+        self.with(|db| {
+            match db.query_opt(
+                "SELECT cancel_requested_by FROM jobs WHERE id = ?1",
+                args![id.0],
+            )? {
+                Some(row) => Ok(row.opt_int(0)?.map(|by| by as u64)),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Takes a session-level lock named `name` (PostgreSQL advisory lock on a hash of it),
     /// held while this store's connection lives: `false` when another session holds it.
     /// Always `true` on SQLite (one process).

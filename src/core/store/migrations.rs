@@ -124,6 +124,12 @@ pub const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX jobs_undelivered ON jobs(id) WHERE delivered = FALSE;",
     },
+    // 5: a member's cancel of a running job, kept until its worker reads it (a NOTIFY alone is
+    // lost when no worker runs the job yet, or a worker's listener is reconnecting).
+    Migration {
+        sqlite: "ALTER TABLE jobs ADD COLUMN cancel_requested_by INTEGER;",
+        postgres: "ALTER TABLE jobs ADD COLUMN cancel_requested_by BIGINT;",
+    },
 ];
 
 /// The schema version this build writes.

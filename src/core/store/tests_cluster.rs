@@ -87,6 +87,34 @@ fn cancel_if_queued_takes_only_a_waiting_job_and_queued_ids_follow() {
 }
 
 #[test]
+fn a_cancel_request_is_kept_for_a_running_job_only() {
+    for db in test_dbs() {
+        let mut s = db.open();
+        let now = SystemTime::now();
+        let running = s.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
+        let waiting = s.insert_job(&spec("b"), &origin(2), 2, now).unwrap();
+        s.claim_next("w", now, Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.cancel_request(running).unwrap(), None, "{}", db.name());
+        // A waiting job is cancelled outright (`cancel_if_queued`), never through a request.
+        assert!(!s.request_cancel(waiting, 2).unwrap(), "{}", db.name());
+        assert_eq!(s.cancel_request(waiting).unwrap(), None);
+        // Discord user ids use all 64 bits.
+        let by = u64::MAX - 5;
+        assert!(s.request_cancel(running, by).unwrap(), "{}", db.name());
+        assert_eq!(
+            s.cancel_request(running).unwrap(),
+            Some(by),
+            "{}",
+            db.name()
+        );
+        assert_eq!(s.job(running).unwrap().unwrap().state, JobState::Running);
+        assert_eq!(s.cancel_request(JobId(9999)).unwrap(), None);
+    }
+}
+
+#[test]
 fn notify_reaches_a_listener_and_the_device_lock_is_exclusive() {
     for db in test_dbs() {
         let s = db.open();
