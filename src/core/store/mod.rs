@@ -31,7 +31,7 @@ mod tests;
 #[cfg(test)]
 mod tests_cluster;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -212,6 +212,8 @@ pub struct Store {
     /// `mark_done` also stores the MP4 until it is delivered (see
     /// [`Store::keep_videos_until_delivered`]).
     keep_videos: bool,
+    /// A statement failed because the PostgreSQL connection is gone (see [`Store::revive`]).
+    connection_lost: Cell<bool>,
 }
 
 impl Store {
@@ -232,6 +234,7 @@ impl Store {
             location,
             lease_guard: None,
             keep_videos: false,
+            connection_lost: Cell::new(false),
         })
     }
 
@@ -240,10 +243,28 @@ impl Store {
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.revive()?;
         match &self.backend {
             Backend::Sqlite(conn) => sqlite::schema_version(conn),
             Backend::Postgres(client) => postgres::schema_version(&mut client.borrow_mut()),
         }
+    }
+
+    /// Opens a PostgreSQL connection again when the server closed it (a restart, a failover,
+    /// an idle timeout): the statement that met the closed connection failed, the next ones
+    /// work as soon as the server answers, without restarting the process.
+    fn revive(&self) -> Result<(), StoreError> {
+        if let (Backend::Postgres(client), Location::Postgres(url)) =
+            (&self.backend, &self.location)
+        {
+            if self.connection_lost.get() || client.borrow().is_closed() {
+                self.connection_lost.set(false);
+                tracing::warn!("the database connection was closed; connecting again");
+                *client.borrow_mut() = postgres::reconnect(url)?;
+                tracing::info!("connected to the database again");
+            }
+        }
+        Ok(())
     }
 
     /// Runs `f` outside a transaction (each statement commits on its own).
@@ -251,10 +272,12 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        match &self.backend {
+        self.revive()?;
+        let result = match &self.backend {
             Backend::Sqlite(conn) => f(&mut sqlite::SqliteSql(conn)),
             Backend::Postgres(client) => f(&mut postgres::PgSql(&mut **client.borrow_mut())),
-        }
+        };
+        self.note_lost_connection(result)
     }
 
     /// Runs `f` in one transaction: all of it is written, or none.
@@ -262,10 +285,23 @@ impl Store {
         &mut self,
         f: impl FnOnce(&mut dyn Sql) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        match &mut self.backend {
+        self.revive()?;
+        let result = match &mut self.backend {
             Backend::Sqlite(conn) => sqlite::transaction(conn, f),
             Backend::Postgres(client) => postgres::transaction(&mut *client.get_mut(), f),
+        };
+        self.note_lost_connection(result)
+    }
+
+    /// Remembers an error that means the connection is gone, for [`Store::revive`]: the
+    /// client itself may only notice on its next use.
+    fn note_lost_connection<R>(&self, result: Result<R, StoreError>) -> Result<R, StoreError> {
+        if let Err(StoreError::Postgres(e)) = &result {
+            if postgres::connection_lost(e) {
+                self.connection_lost.set(true);
+            }
         }
+        result
     }
 
     /// Writes a new queued job (and its image) and returns its id.

@@ -51,6 +51,20 @@ pub fn open(url: &str, target: i64) -> Result<StoreClient, StoreError> {
     Ok(StoreClient(Some(client)))
 }
 
+/// A new connection to a database that [`open`] already brought up to date.
+pub fn reconnect(url: &str) -> Result<StoreClient, StoreError> {
+    Ok(StoreClient(Some(connect(url)?)))
+}
+
+/// Whether `e` means the connection is gone rather than that a statement was refused: the
+/// socket failed or closed, or the server ended the session (SQLSTATE class 08, connection
+/// exception; 57P01-57P03, shut down or restarting).
+pub fn connection_lost(e: &postgres::Error) -> bool {
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    let code = e.code().map(|c| c.code()).unwrap_or_default();
+    e.is_closed() || io || code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 /// The store's client, safe to drop anywhere. Closing a `postgres::Client` runs its own small
 /// runtime, which tokio forbids on an async worker thread; the last `StoreHandle` may well go
 /// there, so inside a runtime the client is closed on a thread of its own.

@@ -415,3 +415,38 @@ fn two_concurrent_batch_claimers_take_every_job_exactly_once() {
         );
     }
 }
+
+#[test]
+fn a_connection_the_server_closed_is_opened_again_for_the_next_call() {
+    for db in test_dbs() {
+        let TestDb::Postgres(pg) = &db else { continue };
+        let mut s = db.open();
+        let now = SystemTime::now();
+        let id = s.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
+        // What a server restart does to every session: the administrator ends this one.
+        let mut admin = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
+        let ended = admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(ended, 1, "the store's one session");
+        // The call that meets the closed connection may fail; the one after it works, on a
+        // new session, and the data is all there.
+        let first = s.job(id);
+        let job = match first {
+            Ok(job) => job,
+            Err(e) => {
+                assert!(matches!(e, StoreError::Postgres(_)), "{e:?}");
+                s.job(id).unwrap()
+            }
+        };
+        assert_eq!(job.unwrap().spec.prompt, "a");
+        assert!(s
+            .claim_next("w", now, Duration::from_secs(5))
+            .unwrap()
+            .is_some());
+    }
+}
