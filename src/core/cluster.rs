@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
@@ -385,6 +385,8 @@ async fn work(
 ) {
     let mut stop = inner.stop.subscribe();
     let worker = options.id.clone();
+    // When each running job's lease was last renewed, as this worker's clock saw it.
+    let mut renewed: HashMap<JobId, Instant> = HashMap::new();
     while !inner.stopping() {
         let now = SystemTime::now();
         match inner
@@ -419,8 +421,13 @@ async fn work(
                 continue;
             }
         } else {
+            renewed.retain(|id, _| running.contains(id));
             for id in running {
-                renew(&inner, &worker, id, options.lease_ttl).await;
+                // A job first seen here was claimed within the last poll.
+                let last = *renewed.entry(id).or_insert_with(Instant::now);
+                if let Some(at) = renew(&inner, &worker, id, options.lease_ttl, last).await {
+                    renewed.insert(id, at);
+                }
             }
         }
         tokio::select! {
@@ -488,11 +495,19 @@ fn queue_locally(inner: &Arc<Inner>, jobs: Vec<JobRecord>) {
 }
 
 /// The heartbeat: renews the lease on the running job and reads a member's cancel recorded
-/// for it (the NOTIFY that carries it may have been missed); a lease already lost stops the
-/// job here (its writes would be refused anyway) so that the GPU moves on.
-async fn renew(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
-    let (w, now) = (worker.to_string(), SystemTime::now());
-    match inner
+/// for it (the NOTIFY that carries it may have been missed); returns when the renewal was
+/// asked, if it held. A lease already lost stops the job here (its writes would be refused
+/// anyway) so that the GPU moves on; so does one that ran out while the database could not be
+/// reached (`last_renewed` more than `ttl` ago), since another worker may run the job by now.
+async fn renew(
+    inner: &Arc<Inner>,
+    worker: &str,
+    id: JobId,
+    ttl: Duration,
+    last_renewed: Instant,
+) -> Option<Instant> {
+    let (w, now, asked) = (worker.to_string(), SystemTime::now(), Instant::now());
+    let renewed = match inner
         .store
         .call(move |s| {
             let held = s.renew_lease(id, &w, now, ttl)?;
@@ -501,18 +516,30 @@ async fn renew(inner: &Arc<Inner>, worker: &str, id: JobId, ttl: Duration) {
         })
         .await
     {
-        Ok((true, None)) => {}
+        Ok((true, None)) => true,
         Ok((true, Some(by))) => {
             if stop_running(inner, id, StopReason::User(by)) {
                 tracing::info!(job = %id, "cancel read at the heartbeat; stopping at the next step");
             }
+            true
         }
         Ok((false, _)) => {
             tracing::warn!(job = %id, "lease lost; stopping the job here");
-            stop_running(inner, id, StopReason::Shutdown);
+            stop_running(inner, id, StopReason::LeaseLost);
+            false
         }
-        Err(e) => tracing::warn!(job = %id, error = %e, "could not renew the lease"),
-    }
+        Err(e) if asked.duration_since(last_renewed) >= ttl => {
+            if stop_running(inner, id, StopReason::LeaseLost) {
+                tracing::warn!(job = %id, error = %e, "lease ran out while the database was unreachable; stopping the job here");
+            }
+            false
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "could not renew the lease");
+            false
+        }
+    };
+    renewed.then_some(asked)
 }
 
 /// Most finished jobs of dead workers one look takes over for delivery.

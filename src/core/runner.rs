@@ -104,6 +104,9 @@ enum Ending {
     Failed(String),
     Cancelled(u64),
     Requeue,
+    /// A worker's lease ran out unrenewed (the database was out of reach): the job is no
+    /// longer this worker's to end, and it writes nothing about it.
+    LeaseLost,
 }
 
 impl Inner {
@@ -208,10 +211,12 @@ impl Inner {
                     .await
             }
             Ending::Requeue => self.store.call(move |s| s.mark_queued(id)).await,
+            // Nothing to write: the store would refuse it, or cannot be reached.
+            Ending::LeaseLost => Err(StoreError::LeaseLost(id)),
         };
         if let Err(StoreError::LeaseLost(_)) = stored {
-            // Another worker took the job over (ours stalled past its lease): it alone ends
-            // and delivers it.
+            // Another worker took the job over (ours stalled past its lease), or will once the
+            // database gives it back: that worker alone ends and delivers it.
             tracing::warn!(job = %id, "lease lost; the job is left to the worker that holds it");
             let mut state = self.state.lock().unwrap();
             state.running.retain(|r| r.id != id);
@@ -249,6 +254,8 @@ impl Inner {
                 metrics.job_finished(variant, JobOutcome::Cancelled, ran.elapsed())
             }
             Ending::Requeue => metrics.job_requeued(variant),
+            // Left above, before anything was recorded.
+            Ending::LeaseLost => {}
         }
         match ending {
             Ending::Done(done) => self.spawn_delivery(*done),
@@ -269,6 +276,7 @@ impl Inner {
                     self.update(&job, JobUpdate::Queued { position }).await;
                 }
             }
+            Ending::LeaseLost => {}
         }
     }
 
@@ -488,6 +496,7 @@ impl Inner {
         match state.running.iter().find(|r| r.id == id)?.stop? {
             StopReason::User(by) => Some(Ending::Cancelled(by)),
             StopReason::Shutdown => Some(Ending::Requeue),
+            StopReason::LeaseLost => Some(Ending::LeaseLost),
         }
     }
 

@@ -187,6 +187,8 @@ pub(super) struct RunningJob {
 pub(super) enum StopReason {
     User(u64),
     Shutdown,
+    /// A worker's lease on the job is gone (see `cluster::renew`).
+    LeaseLost,
 }
 
 /// The folder finished videos are written to, made before any job runs (every role needs it).

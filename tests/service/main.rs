@@ -7,7 +7,7 @@ mod support;
 
 mod batch;
 mod batch_runner;
-mod cluster_cancel;
+mod cluster_worker;
 mod crafted_configs;
 mod crafted_rows;
 mod engine_actor;
