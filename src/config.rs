@@ -494,7 +494,7 @@ impl Config {
         match engine.dtype.as_str() {
             "auto" | "f32" | "f16" => {}
             "bf16" if engine.device == "cpu" => {
-                bail!("`engine.dtype` bf16 is not supported on the CPU (`engine.device = \"cpu\"`); use f32")
+                bail!("`engine.dtype` bf16 on the CPU (`engine.device = \"cpu\"`) is slower and less exact than f32: use f32")
             }
             "bf16" => {}
             _ => bail!("`engine.dtype` must be auto, f32, f16 or bf16"),

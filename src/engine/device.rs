@@ -27,7 +27,7 @@ pub fn select_dtype(spec: &str, device: &Device) -> Result<DType> {
         "f32" => DType::F32,
         "f16" => DType::F16,
         "bf16" if device.is_cpu() => bail!(
-            "bf16 is not supported on the CPU (candle has no bf16 CPU matmul for conv); use f32"
+            "bf16 on the CPU is slower and less exact than f32 (a CPU has no bf16 arithmetic, so every convolution would run widened to f32); use f32"
         ),
         "bf16" => DType::BF16,
         other => bail!("unknown dtype `{other}` (use auto, f32, f16 or bf16)"),
