@@ -26,7 +26,7 @@
 //! before "delivered" is written: the next worker sends it again, as a restarted single
 //! process would.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -319,6 +319,17 @@ async fn follow_workers(inner: Arc<Inner>, poll: Duration) {
             _ = tokio::time::sleep(poll) => {}
             _ = stop.changed() => return,
         }
+        // Only a job held before the read can have left: one submitted meanwhile is stored
+        // before it is queued here, so the read may not have seen it yet.
+        let held: HashSet<JobId> = {
+            let state = inner.state.lock().unwrap();
+            state
+                .scheduler
+                .order()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
         let queued = match inner.store.call(|s| s.queued_ids()).await {
             Ok(q) => q,
             Err(e) => {
@@ -334,7 +345,7 @@ async fn follow_workers(inner: Arc<Inner>, poll: Duration) {
                 .order()
                 .into_iter()
                 .map(|(id, _)| id)
-                .filter(|id| !queued.contains(id))
+                .filter(|id| held.contains(id) && !queued.contains(id))
                 .collect();
             for id in &gone {
                 state.scheduler.cancel(*id);
