@@ -4,6 +4,7 @@
 //! fallback).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -177,7 +178,7 @@ pub async fn serve_worker(mut config: Config, token: String, options: ServeOptio
 /// One worker per GPU and host: a worker for `cuda:N` holds a session lock on
 /// (host, device) in the database for as long as it runs, so a second one for the same GPU
 /// is refused with a clear error. CPU workers are not limited.
-async fn lock_device(database: &Location, device: &str) -> Result<Option<StoreHandle>> {
+async fn lock_device(database: &Location, device: &str) -> Result<Option<DeviceLock>> {
     let Some(index) = cuda_index(device)? else {
         return Ok(None);
     };
@@ -189,7 +190,51 @@ async fn lock_device(database: &Location, device: &str) -> Result<Option<StoreHa
     if !locked {
         bail!("another floor33 worker on this host already runs on cuda:{index}: run one worker per GPU (--device cuda:N)");
     }
-    Ok(Some(holder))
+    Ok(Some(DeviceLock {
+        keeper: tokio::spawn(keep_device_lock(holder, key)),
+    }))
+}
+
+/// How often a worker confirms its device lock.
+const DEVICE_LOCK_CHECK: Duration = Duration::from_secs(5);
+
+/// The device lock of a running worker; released when dropped.
+struct DeviceLock {
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DeviceLock {
+    fn drop(&mut self) {
+        // The keeper owns the lock's connection: ending it closes the connection.
+        self.keeper.abort();
+    }
+}
+
+/// Confirms the device lock now and then: a database restart ends the session that held it,
+/// and the lock is taken again on the new connection (the store reconnects on its own).
+async fn keep_device_lock(holder: StoreHandle, key: String) {
+    let mut lost = false;
+    loop {
+        tokio::time::sleep(DEVICE_LOCK_CHECK).await;
+        let k = key.clone();
+        match holder.call(move |s| s.try_lock_name(&k)).await {
+            Ok(true) if lost => {
+                lost = false;
+                tracing::info!(lock = %key, "device lock held again");
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                if !lost {
+                    tracing::error!(lock = %key, "another worker took this GPU's lock while the database connection was lost: stop one of them");
+                }
+                lost = true;
+            }
+            Err(e) => {
+                tracing::warn!(lock = %key, error = %e, "could not confirm the device lock");
+                lost = true;
+            }
+        }
+    }
 }
 
 /// `cuda` is `cuda:0`; other devices have no index.

@@ -12,6 +12,14 @@ use crate::core::jobs::{to_millis, JobId, JobState};
 /// The NOTIFY channel of job events between a gateway and its workers.
 pub const JOBS_CHANNEL: &str = "floor33_jobs";
 
+/// The advisory-lock key of a lock name: FNV-1a, stable across builds and hosts, unlike std's
+/// hasher.
+pub(super) fn lock_key(name: &str) -> i64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    }) as i64
+}
+
 impl Store {
     /// From now on every per-job write (start, end, delivered, message id, …) applies only
     /// while `worker` holds the job's lease; otherwise it fails with
@@ -88,18 +96,26 @@ impl Store {
 
     /// Takes a session-level lock named `name` (PostgreSQL advisory lock on a hash of it),
     /// held while this store's connection lives: `false` when another session holds it.
+    /// Calling it again while the lock is held confirms it (`true`, taken once); after the
+    /// connection was lost and opened again, it takes the lock again if it is still free.
     /// Always `true` on SQLite (one process).
     pub fn try_lock_name(&self, name: &str) -> Result<bool, StoreError> {
         if self.dialect() == Dialect::Sqlite {
             return Ok(true);
         }
-        // FNV-1a: stable across builds and hosts, unlike std's hasher.
-        let key = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        }) as i64;
+        let key = lock_key(name);
+        // A bigint advisory key shows in pg_locks as classid (high half) and objid (low half).
+        // CASE, not OR: a lock already held is not taken a second time.
         self.with(|db| {
-            db.query_one("SELECT pg_try_advisory_lock(?1)", args![key])?
-                .bool(0)
+            db.query_one(
+                "SELECT CASE WHEN EXISTS (
+                     SELECT 1 FROM pg_locks
+                     WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                       AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = ?1)
+                 THEN TRUE ELSE pg_try_advisory_lock(?1) END",
+                args![key],
+            )?
+            .bool(0)
         })
     }
 

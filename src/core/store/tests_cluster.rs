@@ -450,3 +450,50 @@ fn a_connection_the_server_closed_is_opened_again_for_the_next_call() {
             .is_some());
     }
 }
+
+#[test]
+fn a_held_device_lock_is_confirmed_once_and_taken_again_after_a_lost_connection() {
+    for db in test_dbs() {
+        let TestDb::Postgres(pg) = &db else { continue };
+        let name = "host/cuda:3";
+        let s = db.open();
+        assert!(s.try_lock_name(name).unwrap());
+        assert!(s.try_lock_name(name).unwrap(), "confirmed while held");
+        // Taken once, not twice: one unlock frees it for another session.
+        let key = cluster::lock_key(name);
+        let unlocked = s
+            .with(|d| {
+                d.query_one("SELECT pg_advisory_unlock(?1)", args![key])?
+                    .bool(0)
+            })
+            .unwrap();
+        assert!(unlocked);
+        let other = db.open();
+        assert!(other.try_lock_name(name).unwrap(), "free after one unlock");
+        assert!(!s.try_lock_name(name).unwrap(), "held by the other session");
+        drop(other);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !s.try_lock_name(name).unwrap() {
+            assert!(std::time::Instant::now() < deadline, "lock not released");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A database restart ends the session and its lock; the next calls take it again.
+        let mut admin = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        let retaken = match s.try_lock_name(name) {
+            Ok(held) => held,
+            Err(_) => s.try_lock_name(name).unwrap(),
+        };
+        assert!(retaken, "taken again on the new connection");
+        assert!(
+            !db.open().try_lock_name(name).unwrap(),
+            "and exclusive again"
+        );
+    }
+}
