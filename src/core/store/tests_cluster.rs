@@ -416,6 +416,19 @@ fn two_concurrent_batch_claimers_take_every_job_exactly_once() {
     }
 }
 
+/// What a server restart does to every session of the database at `url`: the administrator
+/// ends them. Returns how many it ended.
+fn end_sessions(url: &str) -> u64 {
+    let mut admin = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+}
+
 #[test]
 fn a_connection_the_server_closed_is_opened_again_for_the_next_call() {
     for db in test_dbs() {
@@ -423,16 +436,7 @@ fn a_connection_the_server_closed_is_opened_again_for_the_next_call() {
         let mut s = db.open();
         let now = SystemTime::now();
         let id = s.insert_job(&spec("a"), &origin(1), 1, now).unwrap();
-        // What a server restart does to every session: the administrator ends this one.
-        let mut admin = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
-        let ended = admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap();
-        assert_eq!(ended, 1, "the store's one session");
+        assert_eq!(end_sessions(&pg.url), 1, "the store's one session");
         // The call that meets the closed connection may fail; the one after it works, on a
         // new session, and the data is all there.
         let first = s.job(id);
@@ -478,14 +482,7 @@ fn a_held_device_lock_is_confirmed_once_and_taken_again_after_a_lost_connection(
             std::thread::sleep(Duration::from_millis(50));
         }
         // A database restart ends the session and its lock; the next calls take it again.
-        let mut admin = ::postgres::Client::connect(&pg.url, ::postgres::NoTls).unwrap();
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap();
+        end_sessions(&pg.url);
         let retaken = match s.try_lock_name(name) {
             Ok(held) => held,
             Err(_) => s.try_lock_name(name).unwrap(),
