@@ -258,9 +258,10 @@ impl Store {
             (&self.backend, &self.location)
         {
             if self.connection_lost.get() || client.borrow().is_closed() {
-                self.connection_lost.set(false);
-                tracing::warn!("the database connection was closed; connecting again");
+                // Each caller logs its own failure: an outage would repeat this line per call.
+                tracing::debug!("the database connection was closed; connecting again");
                 *client.borrow_mut() = postgres::reconnect(url)?;
+                self.connection_lost.set(false);
                 tracing::info!("connected to the database again");
             }
         }
