@@ -134,6 +134,21 @@ member_waiting_limit = {PER_MEMBER}
     path
 }
 
+/// Starts the gateway (serving `/metrics` at `ops` when given), logging to `gateway.log` in
+/// `dir`, and waits until Discord sees it ready.
+async fn start_gateway(
+    fake: &FakeDiscord,
+    dir: &Path,
+    pg: &TestPg,
+    ops: Option<SocketAddr>,
+) -> Procs {
+    let config = write_config(dir, "gateway", pg, ops);
+    let gateway = spawn_role(fake, &config, "gateway", &dir.join("gateway.log"));
+    let procs = Procs(vec![gateway]);
+    fake.wait_ready(Duration::from_secs(90)).await;
+    procs
+}
+
 fn kill(child: &Child, signal: &str) {
     assert!(Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -235,14 +250,7 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_c
     let dir = Scratch::new("roles");
     let log = |n: &str| dir.0.join(format!("{n}.log"));
     let ops = [free_addr(), free_addr(), free_addr()];
-    let gateway_cfg = write_config(&dir.0, "gateway", &pg, Some(ops[0]));
-    let mut procs = Procs(vec![spawn_role(
-        &fake,
-        &gateway_cfg,
-        "gateway",
-        &log("gateway"),
-    )]);
-    fake.wait_ready(Duration::from_secs(90)).await;
+    let mut procs = start_gateway(&fake, &dir.0, &pg, Some(ops[0])).await;
 
     // The burst is stored before any worker runs, so the claim order shows the fair order
     // alone (not which job happened to arrive while a worker was idle).
@@ -482,14 +490,7 @@ async fn a_worker_with_max_batch_claims_and_runs_compatible_jobs_as_one_batch() 
     let fake = FakeDiscord::start().await;
     let dir = Scratch::new("roles-batch");
     let log = |n: &str| dir.0.join(format!("{n}.log"));
-    let gateway_cfg = write_config(&dir.0, "gateway", &pg, None);
-    let mut procs = Procs(vec![spawn_role(
-        &fake,
-        &gateway_cfg,
-        "gateway",
-        &log("gateway"),
-    )]);
-    fake.wait_ready(Duration::from_secs(90)).await;
+    let mut procs = start_gateway(&fake, &dir.0, &pg, None).await;
     let send = |member: u64, prompt: String, steps: u64| {
         let mut spec = CommandSpec::new(
             "t2v",

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use super::support::golden::assert_frames_within_one_level;
+
 use candle_core::{DType, Device};
 use floor33::engine::image_input::ImageFit;
 use floor33::engine::loader::load_pipeline;
@@ -293,16 +295,8 @@ fn a_batch_gives_each_job_its_own_events_and_its_solo_video() {
             .submit(request.clone(), no_previews())
             .wait_blocking(|_| {})
             .unwrap();
-        let worst = batched
-            .video
-            .frames
-            .iter()
-            .zip(&alone.video.frames)
-            .flat_map(|(a, b)| a.as_raw().iter().zip(b.as_raw()))
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 1, "seed {}: off by {worst} levels", request.seed);
+        let what = format!("seed {}", request.seed);
+        assert_frames_within_one_level(&what, &batched.video, &alone.video);
     }
 }
 
@@ -368,16 +362,8 @@ fn image_to_video_jobs_share_a_batch_and_each_keeps_its_image() {
             .submit(request.clone(), no_previews())
             .wait_blocking(|_| {})
             .unwrap();
-        let worst = batched
-            .video
-            .frames
-            .iter()
-            .zip(&alone.video.frames)
-            .flat_map(|(a, b)| a.as_raw().iter().zip(b.as_raw()))
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 1, "seed {}: off by {worst} levels", request.seed);
+        let what = format!("seed {}", request.seed);
+        assert_frames_within_one_level(&what, &batched.video, &alone.video);
     }
 }
 
