@@ -149,6 +149,17 @@ async fn start_gateway(
     procs
 }
 
+/// An admin's `/cancel` of the running job `id`, answered "stops at its next step".
+async fn cancel_running_from_discord(fake: &FakeDiscord, id: i64) {
+    let mut spec = CommandSpec::new("cancel", vec![option("job", json!(id))]);
+    spec.invoker = Invoker::admin();
+    let (cancel_token, _) = fake.send_command(&spec);
+    fake.wait_for(Duration::from_secs(30), "the cancel answer", |r| {
+        r.path.contains(&cancel_token) && r.text().contains("stops at its next step")
+    })
+    .await;
+}
+
 fn kill(child: &Child, signal: &str) {
     assert!(Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -409,13 +420,7 @@ async fn a_gateway_and_two_workers_share_fair_order_survive_killed_workers_and_c
     )
     .await;
     let id = rows(&pg).into_iter().find(|j| j.token == token).unwrap().id;
-    let mut spec = CommandSpec::new("cancel", vec![option("job", json!(id))]);
-    spec.invoker = Invoker::admin();
-    let (cancel_token, _) = fake.send_command(&spec);
-    fake.wait_for(Duration::from_secs(30), "the cancel answer", |r| {
-        r.path.contains(&cancel_token) && r.text().contains("stops at its next step")
-    })
-    .await;
+    cancel_running_from_discord(&fake, id).await;
     let cancelled = delivered(token.clone(), "cancelled");
     wait_rows(&pg, "the job cancelled by its worker", wait, cancelled).await;
     assert!(
@@ -536,13 +541,7 @@ async fn a_worker_with_max_batch_claims_and_runs_compatible_jobs_as_one_batch() 
         .find(|j| j.token == cancelled)
         .unwrap()
         .id;
-    let mut spec = CommandSpec::new("cancel", vec![option("job", json!(id))]);
-    spec.invoker = Invoker::admin();
-    let (cancel_token, _) = fake.send_command(&spec);
-    fake.wait_for(Duration::from_secs(30), "the cancel answer", |r| {
-        r.path.contains(&cancel_token) && r.text().contains("stops at its next step")
-    })
-    .await;
+    cancel_running_from_discord(&fake, id).await;
     wait_rows(&pg, "every job ended and delivered", wait, |r| {
         r.iter().all(|j| {
             let want = if j.token == cancelled {

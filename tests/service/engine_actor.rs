@@ -291,12 +291,7 @@ fn a_batch_gives_each_job_its_own_events_and_its_solo_video() {
         assert_eq!(steps, vec![1, 2, 3]);
         assert!(previews >= 1, "each job gets its own previews");
         let batched = result.expect("the valid jobs finish");
-        let alone = engine
-            .submit(request.clone(), no_previews())
-            .wait_blocking(|_| {})
-            .unwrap();
-        let what = format!("seed {}", request.seed);
-        assert_frames_within_one_level(&what, &batched.video, &alone.video);
+        assert_same_as_alone(&engine, request, &batched);
     }
 }
 
@@ -358,13 +353,18 @@ fn image_to_video_jobs_share_a_batch_and_each_keeps_its_image() {
     for (handle, request) in handles.into_iter().zip(&requests) {
         let batched = handle.wait_blocking(|_| {}).expect("i2v in a batch");
         assert_eq!(batched.image_fit, Some(ImageFit::Stretch));
-        let alone = engine
-            .submit(request.clone(), no_previews())
-            .wait_blocking(|_| {})
-            .unwrap();
-        let what = format!("seed {}", request.seed);
-        assert_frames_within_one_level(&what, &batched.video, &alone.video);
+        assert_same_as_alone(&engine, request, &batched);
     }
+}
+
+/// `batched`, the video `request` got in a batch, is the one it gets alone (within one level).
+fn assert_same_as_alone(engine: &EngineHandle, request: &GenerationRequest, batched: &Generated) {
+    let alone = engine
+        .submit(request.clone(), no_previews())
+        .wait_blocking(|_| {})
+        .unwrap();
+    let what = format!("seed {}", request.seed);
+    assert_frames_within_one_level(&what, &batched.video, &alone.video);
 }
 
 /// Follows `job`, cancels it once it reports step 2, and returns its result and the last step
